@@ -1,0 +1,50 @@
+# The two commands a newcomer runs (see README):
+#   make demo   - build everything, boot the local VM, converge site.yml, print the URLs
+#   make test   - lint, unit tests, then the whole Molecule sequence
+# Both set up what they need: Debian packages, a Docker daemon, .venv, the images.
+
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export MODELSERVE_HTTP_PORT ?= 8080
+
+.PHONY: demo demo-destroy test lint unit molecule host venv images
+
+demo: images
+	molecule converge
+	@echo
+	@echo "The local VM serves the model on http://127.0.0.1:$(MODELSERVE_HTTP_PORT)"
+	@echo "  curl -s -X POST http://127.0.0.1:$(MODELSERVE_HTTP_PORT)/predict -H 'Content-Type: application/json' -d '{\"data\": [0.2, 0.6]}'"
+	@echo "  curl -s -X POST http://127.0.0.1:$(MODELSERVE_HTTP_PORT)/test/predict -H 'Content-Type: application/json' -d '{\"data\": [0.2, 0.6]}'"
+	@echo "Swap colours:   $(VENV)/bin/ansible-playbook swap.yml -e target=blue"
+	@echo "Tear it down:   make demo-destroy"
+
+demo-destroy: venv
+	molecule destroy
+
+test: lint unit molecule
+
+lint: venv
+	yamllint --strict .
+	ansible-lint --profile production
+	ruff check .
+	ruff format --check .
+
+unit: venv
+	pytest
+
+molecule: images
+	molecule test
+
+host:
+	python3 tools/host_setup.py
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-model.txt images/torchserve/requirements.txt
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-model.txt
+	touch $@
+
+images: host venv
+	$(BIN)/python tools/build_images.py

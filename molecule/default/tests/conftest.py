@@ -1,0 +1,79 @@
+"""Shared helpers for the verify step: the converged VM seen as a user sees it.
+
+HTTP checks go to nginx's port published on this machine's 127.0.0.1; playbooks
+run exactly as a user runs them, from the repository root with its local
+inventory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[3]
+BASE_URL = f"http://127.0.0.1:{os.environ.get('MODELSERVE_HTTP_PORT', '8080')}"
+REFERENCE_INPUT = [0.2, 0.6]
+COLOURS = ("blue", "green")
+FACT_FILE = "/etc/ansible/facts.d/modelserve.fact"
+
+
+@dataclass
+class PlaybookRun:
+    returncode: int
+    output: str
+
+    @property
+    def changed(self) -> int:
+        """The `changed=` count of the play recap (0 when nothing changed)."""
+        counts = [int(n) for n in re.findall(r"changed=(\d+)", self.output)]
+        assert counts, f"no play recap in:\n{self.output[-2000:]}"
+        return sum(counts)
+
+
+def run_playbook(playbook: str, *extra: str) -> PlaybookRun:
+    result = subprocess.run(
+        ["ansible-playbook", playbook, *extra],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    return PlaybookRun(result.returncode, result.stdout + result.stderr)
+
+
+def predict(route: str, payload: object | None = None, **kwargs: object) -> requests.Response:
+    body = json.dumps({"data": REFERENCE_INPUT} if payload is None else payload)
+    return requests.post(f"{BASE_URL}{route}", data=body, timeout=10, **kwargs)
+
+
+def expected_reference_output() -> float:
+    """What torch computes for the reference input with the delivered weights."""
+    import torch
+
+    state = torch.load(REPO / "files/model/model.pth", map_location="cpu")
+    weight = next(v for k, v in state.items() if k.endswith("weight"))
+    bias = next(v for k, v in state.items() if k.endswith("bias"))
+    with torch.no_grad():
+        out = torch.nn.functional.linear(torch.tensor([REFERENCE_INPUT]), weight, bias)
+    return float(out.item())
+
+
+@pytest.fixture(scope="session")
+def reference_output() -> float:
+    return expected_reference_output()
+
+
+def active_colour(host) -> str:
+    return json.loads(host.file(FACT_FILE).content_string)["active_colour"]
+
+
+def idle_colour(colour: str) -> str:
+    return next(c for c in COLOURS if c != colour)

@@ -1,0 +1,200 @@
+"""The serving core: /predict and /test/predict, colours, swap.yml, bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import (
+    BASE_URL,
+    COLOURS,
+    FACT_FILE,
+    REFERENCE_INPUT,
+    active_colour,
+    idle_colour,
+    predict,
+    run_playbook,
+)
+
+TOLERANCE = 1e-6
+
+
+@pytest.fixture(autouse=True)
+def green_is_production():
+    """Every test starts, and leaves the VM, with green in production."""
+    assert run_playbook("swap.yml", "-e", "target=green").returncode == 0
+    yield
+    assert run_playbook("swap.yml", "-e", "target=green").returncode == 0
+
+
+@pytest.mark.parametrize("route", ["/predict", "/test/predict"])
+def test_routes_answer_the_reference_input(route: str, reference_output: float) -> None:
+    response = predict(route)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert abs(response.json()["output"] - reference_output) <= TOLERANCE
+
+
+def test_colour_header_names_active_and_idle_colour(host) -> None:
+    active = active_colour(host)
+    assert active == "green"
+    assert predict("/predict").headers["X-Model-Colour"] == active
+    assert predict("/test/predict").headers["X-Model-Colour"] == idle_colour(active)
+
+
+def test_swap_to_blue_and_back(host) -> None:
+    to_blue = run_playbook("swap.yml", "-e", "target=blue")
+    assert to_blue.returncode == 0, to_blue.output
+    assert to_blue.changed > 0
+    assert active_colour(host) == "blue"
+    assert predict("/predict").headers["X-Model-Colour"] == "blue"
+    assert predict("/test/predict").headers["X-Model-Colour"] == "green"
+
+    again = run_playbook("swap.yml", "-e", "target=blue")
+    assert again.returncode == 0, again.output
+    assert again.changed == 0, again.output
+
+    back = run_playbook("swap.yml", "-e", "target=green")
+    assert back.returncode == 0, back.output
+    assert predict("/predict").headers["X-Model-Colour"] == "green"
+
+
+def test_swap_without_target_flips(host) -> None:
+    flip = run_playbook("swap.yml")
+    assert flip.returncode == 0, flip.output
+    assert active_colour(host) == "blue"
+    assert predict("/predict").headers["X-Model-Colour"] == "blue"
+
+
+@pytest.mark.parametrize("target", ["purple", "BLUE; rm -rf /", "1"])
+def test_bad_target_fails_clearly_and_changes_nothing(host, target: str) -> None:
+    upstreams = "/opt/modelserve/nginx/conf.d/upstreams.conf"
+    before = (host.file(upstreams).content_string, host.file(FACT_FILE).content_string)
+    result = run_playbook("swap.yml", "-e", f"target={target}")
+    assert result.returncode != 0
+    assert "target must be one of blue, green" in result.output
+    after = (host.file(upstreams).content_string, host.file(FACT_FILE).content_string)
+    assert after == before
+    assert predict("/predict").headers["X-Model-Colour"] == "green"
+
+
+MALFORMED = {
+    "not json": b"this is not json",
+    "empty body": b"",
+    "not an object": b"[0.2, 0.6]",
+    "missing data": b'{"input": [0.2, 0.6]}',
+    "too few values": b'{"data": [0.2]}',
+    "too many values": b'{"data": [0.2, 0.6, 1.0]}',
+    "strings": b'{"data": ["0.2", "0.6"]}',
+    "nan": b'{"data": [NaN, 0.6]}',
+    "infinity": b'{"data": [Infinity, 0.6]}',
+    "nested list": b'{"data": [[0.2, 0.6]]}',
+    "booleans": b'{"data": [true, false]}',
+    "data not a list": b'{"data": 0.2}',
+    "invalid utf-8": b'{"data": [0.2, "\xff"]}',
+}
+
+
+def worker_pids(host, colour: str) -> list[int]:
+    port = {"blue": 8181, "green": 8281}[colour]
+    models = json.loads(host.check_output(f"curl -sf http://127.0.0.1:{port}/models/model"))
+    workers = models[0]["workers"]
+    assert workers and all(w["status"] == "READY" for w in workers), workers
+    return sorted(w["pid"] for w in workers)
+
+
+@pytest.mark.parametrize("route", ["/predict", "/test/predict"])
+def test_malformed_input_gets_4xx_json_and_workers_survive(host, route: str) -> None:
+    pids_before = {colour: worker_pids(host, colour) for colour in COLOURS}
+    for case, body in MALFORMED.items():
+        response = requests.post(f"{BASE_URL}{route}", data=body, timeout=10)
+        assert 400 <= response.status_code < 500, f"{case}: {response.status_code} {response.text}"
+        assert "error" in response.json(), f"{case}: {response.text}"
+    assert {colour: worker_pids(host, colour) for colour in COLOURS} == pids_before
+    assert predict(route).status_code == 200
+
+
+def test_nginx_errors_are_json() -> None:
+    wrong_method = requests.get(f"{BASE_URL}/predict", timeout=10)
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]
+    too_large = requests.post(f"{BASE_URL}/predict", data=b"x" * 100_000, timeout=10)
+    assert too_large.status_code == 413
+    assert too_large.json()["error"]
+    unknown = requests.get(f"{BASE_URL}/nothing-here", timeout=10)
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]
+
+
+def test_access_logs_are_separate_per_route(host) -> None:
+    marker = f"/predict?probe={time.time_ns()}"
+    assert predict(marker).status_code == 200
+    test_marker = f"/test/predict?probe={time.time_ns()}"
+    assert predict(test_marker).status_code == 200
+    production_log = host.file("/var/log/modelserve-nginx/production.access.log").content_string
+    test_log = host.file("/var/log/modelserve-nginx/test.access.log").content_string
+    assert marker in production_log and marker not in test_log
+    assert test_marker in test_log and test_marker not in production_log
+    entry = json.loads(next(line for line in production_log.splitlines() if marker in line))
+    assert entry["status"] == 200 and entry["colour"] == "green"
+
+
+WRK_POST = "\n".join(
+    [
+        'wrk.method = "POST"',
+        f"wrk.body = '{json.dumps({'data': REFERENCE_INPUT})}'",
+        'wrk.headers["Content-Type"] = "application/json"',
+    ]
+)
+
+
+def test_no_request_fails_across_a_swap_under_load(tmp_path: Path) -> None:
+    """50 connections for 30 s against /predict, swapping to blue after 8 s."""
+    script = tmp_path / "post.lua"
+    script.write_text(WRK_POST)
+    swap_result: dict[str, object] = {}
+
+    def swap_later() -> None:
+        time.sleep(8)
+        swap_result["run"] = run_playbook("swap.yml", "-e", "target=blue")
+
+    swapper = threading.Thread(target=swap_later)
+    swapper.start()
+    wrk = subprocess.run(
+        ["wrk", "-t", "2", "-c", "50", "-d", "30s", "--timeout", "5s", "-s", str(script),
+         f"{BASE_URL}/predict"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    swapper.join(timeout=300)
+    print(wrk.stdout)
+    swap = swap_result["run"]
+    assert swap.returncode == 0, swap.output
+    assert swap.changed > 0
+    total = int(re.search(r"(\d+) requests in", wrk.stdout).group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", wrk.stdout)
+    socket_errors = re.search(r"Socket errors: (.*)", wrk.stdout)
+    print(
+        f"swap under load: {total} requests, "
+        f"{int(non_2xx.group(1)) if non_2xx else 0} non-2xx, "
+        f"socket errors: {socket_errors.group(1) if socket_errors else 'none'}"
+    )
+    assert total > 1000
+    assert non_2xx is None, wrk.stdout
+    assert socket_errors is None, wrk.stdout
+    assert predict("/predict").headers["X-Model-Colour"] == "blue"
+
+
+def test_status_playbook_reports_both_colours() -> None:
+    status = run_playbook("status.yml")
+    assert status.returncode == 0, status.output
+    assert "production: green" in status.output
+    for colour in COLOURS:
+        assert re.search(rf"{colour}: healthy, model model version 1\.0", status.output), (
+            status.output
+        )

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Build the images the test bed needs, from Debian's archive and PyPI only.
+
+No container registry can be reached from the build machines, so every image is
+built here:
+
+* a Debian 12 base image (debootstrap + `docker import`), cached;
+* the systemd "VM" image Molecule boots;
+* one stand-in per service image, honouring the official image's contract
+  (entrypoint, ports, paths, user) so the roles run unmodified against either.
+
+Each image is rebuilt only when its build directory (or its parent) changed: the
+hash of its inputs is stored in an image label. Service images are also saved as
+tarballs into the offline image directory, which the `docker` role loads on an
+air-gapped host exactly as it does in the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGES_DIR = REPO / "images"
+CACHE = REPO / ".cache"
+HASH_LABEL = "org.modelserve.inputs-sha256"
+BASE_TAG = "modelserve-local/debian:bookworm"
+APT_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+FALLBACK_SOURCES = Path("/etc/apt/sources.list")
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image built from `images/<directory>/`."""
+
+    directory: str
+    tag: str
+    offline: bool  # saved as a tarball for hosts (and the Molecule VM) to load
+
+
+IMAGES = (
+    ImageSpec("vm", "modelserve-local/vm:bookworm", offline=False),
+    ImageSpec("torchserve", "modelserve-local/torchserve:0.12.0-cpu", offline=True),
+    ImageSpec("nginx", "modelserve-local/nginx:1.27", offline=True),
+)
+
+
+def log(message: str) -> None:
+    print(f"[images] {message}", flush=True)
+
+
+def run(*argv: str, capture: bool = False) -> str:
+    result = subprocess.run(argv, check=True, text=True, capture_output=capture)
+    return result.stdout.strip() if capture else ""
+
+
+def image_id(tag: str) -> str | None:
+    result = subprocess.run(
+        ["docker", "image", "inspect", "-f", "{{.Id}}", tag],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def image_label(tag: str, label: str) -> str | None:
+    result = subprocess.run(
+        ["docker", "image", "inspect", "-f", f'{{{{ index .Config.Labels "{label}" }}}}', tag],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def debian_mirror() -> str:
+    """The Debian mirror the machine's own apt sources use."""
+    for source in (APT_SOURCES, FALLBACK_SOURCES):
+        if not source.exists():
+            continue
+        text = source.read_text()
+        for uri in re.findall(r"^URIs:\s*(\S+)", text, re.M) + re.findall(
+            r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\s", text, re.M
+        ):
+            if not uri.rstrip("/").endswith("-security"):
+                return uri
+    sys.exit("images: no Debian mirror found in the machine's apt sources")
+
+
+def build_base() -> None:
+    if image_id(BASE_TAG):
+        log(f"{BASE_TAG}: cached")
+        return
+    mirror = debian_mirror()
+    log(f"{BASE_TAG}: debootstrap bookworm from {mirror}")
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        run(
+            "debootstrap", "--variant=minbase", "--include=python3", "bookworm", str(rootfs), mirror
+        )
+        # The rootfs keeps the mirror debootstrap used, so apt works inside the builds.
+        shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        subprocess.run(["docker", "import", "-", BASE_TAG], stdin=tar.stdout, check=True)
+        if tar.wait() != 0:
+            sys.exit("images: tar of the base rootfs failed")
+
+
+def download_wheels(spec: ImageSpec) -> Path | None:
+    """Fetch the image's Python requirements on the host, where PyPI is reachable."""
+    requirements = IMAGES_DIR / spec.directory / "requirements.txt"
+    if not requirements.exists():
+        return None
+    wheelhouse = CACHE / "wheelhouse" / spec.directory
+    wheelhouse.mkdir(parents=True, exist_ok=True)
+    log(f"{spec.tag}: wheels for {requirements.relative_to(REPO)}")
+    run(
+        sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
+        "--dest", str(wheelhouse), "-r", str(requirements),
+    )  # fmt: skip
+    return wheelhouse
+
+
+def inputs_hash(spec: ImageSpec) -> str:
+    digest = hashlib.sha256()
+    digest.update((image_id(BASE_TAG) or "").encode())
+    source = IMAGES_DIR / spec.directory
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(source)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def build(spec: ImageSpec) -> None:
+    wanted = inputs_hash(spec)
+    if image_label(spec.tag, HASH_LABEL) == wanted:
+        log(f"{spec.tag}: up to date")
+        return
+    wheelhouse = download_wheels(spec)
+    context = CACHE / "build" / spec.directory
+    shutil.rmtree(context, ignore_errors=True)
+    shutil.copytree(IMAGES_DIR / spec.directory, context)
+    wheels = context / "wheelhouse"
+    wheels.mkdir(exist_ok=True)
+    if wheelhouse is not None:
+        for wheel in wheelhouse.iterdir():
+            os.link(wheel, wheels / wheel.name)
+    log(f"{spec.tag}: building")
+    run("docker", "build", "--label", f"{HASH_LABEL}={wanted}", "-t", spec.tag, str(context))
+    shutil.rmtree(context)
+
+
+def export(spec: ImageSpec, directory: Path) -> None:
+    """Save the image as `<dir>/<name>.tar` unless the tarball already holds this build."""
+    current = image_id(spec.tag)
+    tarball = directory / f"{spec.directory}.tar"
+    stamp = tarball.with_suffix(".tar.id")
+    if tarball.exists() and stamp.exists() and stamp.read_text().strip() == current:
+        log(f"{spec.tag}: {tarball.relative_to(REPO)} up to date")
+        return
+    log(f"{spec.tag}: saving {tarball.relative_to(REPO)}")
+    partial = tarball.with_suffix(".tar.partial")
+    run("docker", "save", "-o", str(partial), spec.tag)
+    partial.replace(tarball)
+    stamp.write_text(f"{current}\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only", nargs="+", choices=[s.directory for s in IMAGES], help="build only these"
+    )
+    parser.add_argument(
+        "--offline-dir",
+        type=Path,
+        default=CACHE / "images",
+        help="where service image tarballs go (default: .cache/images)",
+    )
+    args = parser.parse_args()
+    CACHE.mkdir(exist_ok=True)
+    args.offline_dir.mkdir(parents=True, exist_ok=True)
+    build_base()
+    for spec in IMAGES:
+        if args.only and spec.directory not in args.only:
+            continue
+        build(spec)
+        if spec.offline:
+            export(spec, args.offline_dir)
+
+
+if __name__ == "__main__":
+    main()
