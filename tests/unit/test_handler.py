@@ -1,0 +1,269 @@
+"""The TorchServe handler, driven with TorchServe's own Context as its worker builds it."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import handler
+import pytest
+import torch
+from conftest import MODEL_DIR
+from handler import InvalidRequest, LinearRegressorHandler, parse_row
+from ts.context import Context, RequestProcessor
+
+REFERENCE_BODY = b'{"data": [0.2, 0.6]}'
+REFERENCE_OUTPUT = 0.6496530771255493
+TOLERANCE = 1e-6
+WEIGHT = (0.890637, 1.052189)
+BIAS = -0.159788
+
+# Each class of malformed body, raw as it may reach the handler, and a word the error
+# message must contain so a client can tell what is wrong.
+MALFORMED: dict[str, tuple[object, str]] = {
+    "not json": (b"this is not json", "not valid JSON"),
+    "not utf-8": (b'{"data": [0.2, "\xff"]}', "UTF-8"),
+    "empty body": (b"", "empty"),
+    "blank body": (b"  \n", "empty"),
+    "not an object": (b"[0.2, 0.6]", "JSON object"),
+    "a json string": (b'"0.2, 0.6"', "JSON object"),
+    "missing data": (b'{"input": [0.2, 0.6]}', '"data" field'),
+    "data not a list": (b'{"data": 0.2}', "array of 2 numbers, got number"),
+    "data is an object": ({"data": {"a": 0.2, "b": 0.6}}, "got object"),
+    "no values": (b'{"data": []}', "exactly 2 numbers, got 0"),
+    "too few values": (b'{"data": [0.2]}', "exactly 2 numbers, got 1"),
+    "too many values": (b'{"data": [0.2, 0.6, 1.0]}', "exactly 2 numbers, got 3"),
+    "strings": (b'{"data": ["0.2", "0.6"]}', "got string"),
+    "null": (b'{"data": [null, 0.6]}', "got null"),
+    "nested list": (b'{"data": [[0.2, 0.6]]}', "got array"),
+    "nested pair": (b'{"data": [[0.2], [0.6]]}', "got array"),
+    "booleans": (b'{"data": [true, false]}', "got boolean"),
+    "one boolean": (b'{"data": [0.2, true]}', '"data"[1]'),
+    # Python's json reads these literals; raw bodies are parsed as strict JSON instead.
+    "NaN literal": (b'{"data": [NaN, 0.6]}', "NaN is not a JSON number"),
+    "Infinity literal": (b'{"data": [Infinity, 0.6]}', "Infinity is not a JSON number"),
+    "-Infinity literal": (b'{"data": [0.2, -Infinity]}', "-Infinity is not a JSON number"),
+    "NaN outside data": (b'{"data": [0.2, 0.6], "id": NaN}', "NaN is not a JSON number"),
+    "number overflowing float64": (b'{"data": [1e400, 0.6]}', "finite"),
+    "number overflowing float32": (b'{"data": [1e39, 0.6]}', "float32"),
+    "huge integer": (b'{"data": [1' + b"0" * 400 + b", 0.6]}", "float32"),
+    # TorchServe parses application/json bodies itself, with Python's lenient json.
+    "parsed NaN": ({"data": [math.nan, 0.6]}, "finite number, got NaN"),
+    "parsed Infinity": ({"data": [0.2, -math.inf]}, "finite number, got -Infinity"),
+    "parsed list": ([0.2, 0.6], "JSON object"),
+}
+
+
+def expected(x1: float, x2: float) -> float:
+    """The model's answer computed in float64 from the delivered parameters."""
+    return WEIGHT[0] * x1 + WEIGHT[1] * x2 + BIAS
+
+
+def make_context(batch_size: int) -> Context:
+    """A real TorchServe Context with one RequestProcessor per request, as Service.predict."""
+    context = Context("model", str(MODEL_DIR), {}, 8, None, "0.12.0")
+    context.request_processor = [RequestProcessor({}) for _ in range(batch_size)]
+    return context
+
+
+def status(context: Context, idx: int) -> int:
+    return context.get_response_status(idx)[0]
+
+
+class ForwardSpy(torch.nn.Module):
+    """Wraps the model and records the input of each forward pass."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.clone())
+        return self.inner(x)
+
+
+@pytest.fixture(scope="module")
+def loaded() -> LinearRegressorHandler:
+    service = LinearRegressorHandler()
+    service.initialize(make_context(1))
+    return service
+
+
+@pytest.fixture
+def spied(loaded: LinearRegressorHandler) -> LinearRegressorHandler:
+    service = LinearRegressorHandler()
+    service.model = ForwardSpy(loaded.model)
+    return service
+
+
+def run(service: LinearRegressorHandler, requests: list[object]) -> tuple[list, Context]:
+    context = make_context(len(requests))
+    return service.handle(requests, context), context
+
+
+# --- pure validation -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        REFERENCE_BODY,
+        bytearray(REFERENCE_BODY),
+        REFERENCE_BODY.decode(),
+        {"data": [0.2, 0.6]},
+        b'{"data": [0.2, 0.6], "id": "extra keys are ignored"}',
+        b' \n{"data":[0.2,0.6]}\n',
+    ],
+)
+def test_parse_row_accepts_every_form_of_a_valid_body(raw: object) -> None:
+    assert parse_row(raw) == [0.2, 0.6]
+
+
+def test_parse_row_accepts_integers_and_negatives_as_floats() -> None:
+    row = parse_row(b'{"data": [-3, 0]}')
+    assert row == [-3.0, 0.0]
+    assert all(type(value) is float for value in row)
+
+
+@pytest.mark.parametrize(("raw", "words"), MALFORMED.values(), ids=MALFORMED.keys())
+def test_parse_row_rejects_malformed_bodies_with_a_clear_message(raw: object, words: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_row(raw)
+    assert words in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("request_", "words"),
+    [
+        # What TorchServe 0.12 hands over for `curl -d '{"data": [0.2, 0.6]}'` (form-encoded).
+        ({}, "Content-Type: application/json"),
+        ({"a": bytearray(b"1"), "b": bytearray(b"2")}, "form fields: a, b"),
+        (None, "empty"),
+    ],
+    ids=["json sent as a form", "form fields", "none"],
+)
+def test_a_request_without_body_gets_400_saying_why(
+    loaded: LinearRegressorHandler, request_: object, words: str
+) -> None:
+    answers, context = run(loaded, [request_])
+    assert status(context, 0) == 400
+    assert words in answers[0]["error"]
+
+
+# --- handle(): one answer per request, in order -----------------------------------------
+
+
+@pytest.mark.parametrize("key", ["body", "data"])
+def test_reference_request_gets_the_reference_output(
+    loaded: LinearRegressorHandler, key: str
+) -> None:
+    answers, context = run(loaded, [{key: REFERENCE_BODY}])
+    assert status(context, 0) == 200
+    assert context.get_response_content_type(0) == "application/json"
+    assert set(answers[0]) == {"output"}
+    assert abs(answers[0]["output"] - REFERENCE_OUTPUT) <= TOLERANCE
+    assert abs(answers[0]["output"] - expected(0.2, 0.6)) <= TOLERANCE
+
+
+def test_valid_rows_of_a_batch_go_through_one_forward_pass(spied: LinearRegressorHandler) -> None:
+    rows = [[0.2, 0.6], [1.0, -1.0], [0, 0], [12.5, 3.25], [-0.7, 0.01]]
+    answers, context = run(spied, [{"body": json.dumps({"data": row})} for row in rows])
+    assert len(spied.model.inputs) == 1
+    assert spied.model.inputs[0].shape == (len(rows), 2)
+    for idx, (row, answer) in enumerate(zip(rows, answers, strict=True)):
+        assert status(context, idx) == 200
+        assert abs(answer["output"] - expected(*row)) <= TOLERANCE
+
+
+def test_mixed_batch_answers_each_request_with_its_own_status(
+    spied: LinearRegressorHandler,
+) -> None:
+    requests = [
+        {"body": REFERENCE_BODY},
+        {"body": b"this is not json"},
+        {"body": bytearray(b'{"data": [1.0, 2.0]}')},
+        {"body": {"data": [math.nan, 0.6]}},
+        {"body": b""},
+        {"data": {"data": [-1, 1]}},
+        {"body": b'{"data": [true, false]}'},
+    ]
+    answers, context = run(spied, requests)
+
+    assert len(answers) == len(requests)
+    assert [status(context, i) for i in range(len(requests))] == [200, 400, 200, 400, 400, 200, 400]
+    assert context.get_response_status(1) == (400, "Bad Request")
+    assert abs(answers[0]["output"] - expected(0.2, 0.6)) <= TOLERANCE
+    assert abs(answers[2]["output"] - expected(1.0, 2.0)) <= TOLERANCE
+    assert abs(answers[5]["output"] - expected(-1, 1)) <= TOLERANCE
+    assert "not valid JSON" in answers[1]["error"]
+    assert "finite" in answers[3]["error"]
+    assert "empty" in answers[4]["error"]
+    assert "boolean" in answers[6]["error"]
+    # Only the three valid rows reach the model, together.
+    assert [t.shape for t in spied.model.inputs] == [(3, 2)]
+    assert all(context.get_response_content_type(i) == "application/json" for i in range(7))
+
+
+@pytest.mark.parametrize(("raw", "words"), MALFORMED.values(), ids=MALFORMED.keys())
+def test_each_malformed_request_gets_400_while_its_neighbours_get_200(
+    loaded: LinearRegressorHandler, raw: object, words: str
+) -> None:
+    answers, context = run(loaded, [{"body": REFERENCE_BODY}, {"body": raw}, {"data": "{}"}])
+    assert [status(context, i) for i in range(3)] == [200, 400, 400]
+    assert words in answers[1]["error"]
+    assert abs(answers[0]["output"] - REFERENCE_OUTPUT) <= TOLERANCE
+
+
+def test_an_all_invalid_batch_never_calls_the_model(spied: LinearRegressorHandler) -> None:
+    answers, context = run(spied, [{"body": b"[]"}, {"body": b"{}"}])
+    assert spied.model.inputs == []
+    assert [status(context, i) for i in range(2)] == [400, 400]
+    assert all("error" in answer for answer in answers)
+
+
+def test_inputs_that_overflow_the_weighted_sum_get_400(loaded: LinearRegressorHandler) -> None:
+    # Each value fits float32; their weighted sum does not.
+    answers, context = run(loaded, [{"body": b'{"data": [3e38, 3e38]}'}, {"body": REFERENCE_BODY}])
+    assert [status(context, i) for i in range(2)] == [400, 200]
+    assert "overflow" in answers[0]["error"]
+
+
+def test_every_answer_is_strict_json(loaded: LinearRegressorHandler) -> None:
+    requests = [{"body": raw} for raw, _ in MALFORMED.values()] + [{"body": REFERENCE_BODY}]
+    answers, _ = run(loaded, requests)
+    for answer in answers:
+        # allow_nan=False: TorchServe json-dumps dicts, and NaN would not be JSON.
+        assert json.loads(json.dumps(answer, allow_nan=False)) == answer
+        assert set(answer) in ({"output"}, {"error"})
+
+
+def test_observe_inputs_sees_exactly_the_valid_rows(
+    loaded: LinearRegressorHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[list[list[float]]] = []
+    monkeypatch.setattr(loaded, "observe_inputs", lambda rows, context: seen.append(rows))
+    run(loaded, [{"body": b'{"data": [1, 2]}'}, {"body": b"nope"}, {"body": REFERENCE_BODY}])
+    assert seen == [[[1.0, 2.0], [0.2, 0.6]]]
+
+
+# --- the module-level entry point TorchServe calls --------------------------------------
+
+
+def test_entry_point_loads_on_the_none_call_then_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh = LinearRegressorHandler()
+    monkeypatch.setattr(handler, "_service", fresh)
+    assert handler.handle(None, make_context(0)) is None
+    assert fresh.initialized
+    context = make_context(2)
+    answers = handler.handle([{"body": REFERENCE_BODY}, {"body": b"[1, 2]"}], context)
+    assert answers is not None
+    assert abs(answers[0]["output"] - REFERENCE_OUTPUT) <= TOLERANCE
+    assert [status(context, i) for i in range(2)] == [200, 400]
+
+
+def test_handler_module_has_the_entry_point_torchserve_looks_for() -> None:
+    # TorchServe's loader prefers a module-level `handle`; without it, it would demand
+    # exactly one class in the module, and this one has two.
+    assert callable(getattr(handler, "handle", None))
