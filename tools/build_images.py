@@ -50,6 +50,7 @@ IMAGES = (
     ImageSpec("vm", "modelserve-local/vm:bookworm", offline=False),
     ImageSpec("torchserve", "modelserve-local/torchserve:0.12.0-cpu", offline=True),
     ImageSpec("nginx", "modelserve-local/nginx:1.27", offline=True),
+    ImageSpec("locust", "modelserve-local/locust:2.47.0", offline=True),
 )
 
 

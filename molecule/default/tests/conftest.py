@@ -37,10 +37,18 @@ class PlaybookRun:
         return sum(counts)
 
 
+def user_environment() -> dict[str, str]:
+    """This environment without Molecule's Ansible settings (its ANSIBLE_CONFIG would
+    replace the repository's ansible.cfg and with it the default inventory)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MOLECULE_"))}
+
+
 def run_playbook(playbook: str, *extra: str) -> PlaybookRun:
+    """Run a playbook as a user does: from the repository root, with its ansible.cfg."""
     result = subprocess.run(
         ["ansible-playbook", playbook, *extra],
         cwd=REPO,
+        env=user_environment(),
         capture_output=True,
         text=True,
         timeout=600,
