@@ -25,7 +25,7 @@ def test_headless_run_reports_back_to_the_controller() -> None:
     print(run.output[-1500:])
     report = re.search(r"report: (\S+/report\.html)", run.output)
     assert report, run.output
-    report_path = Path(report.group(1))
+    report_path = Path(report.group(1)).resolve()
     assert report_path.is_file() and report_path.stat().st_size > 10_000
     assert REPO / "loadtest-results" in report_path.parents
     with (report_path.parent / "stats_stats.csv").open() as stats_file:
