@@ -51,6 +51,10 @@ IMAGES = (
     ImageSpec("torchserve", "modelserve-local/torchserve:0.12.0-cpu", offline=True),
     ImageSpec("nginx", "modelserve-local/nginx:1.27", offline=True),
     ImageSpec("locust", "modelserve-local/locust:2.47.0", offline=True),
+    ImageSpec("prometheus", "modelserve-local/prometheus:v2.53.3", offline=True),
+    ImageSpec("alertmanager", "modelserve-local/alertmanager:v0.27.0", offline=True),
+    ImageSpec("node-exporter", "modelserve-local/node-exporter:v1.8.2", offline=True),
+    ImageSpec("nginx-exporter", "modelserve-local/nginx-exporter:1.3.0", offline=True),
 )
 
 
