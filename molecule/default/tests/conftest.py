@@ -59,7 +59,8 @@ def run_playbook(playbook: str, *extra: str) -> PlaybookRun:
 
 def predict(route: str, payload: object | None = None, **kwargs: object) -> requests.Response:
     body = json.dumps({"data": REFERENCE_INPUT} if payload is None else payload)
-    return requests.post(f"{BASE_URL}{route}", data=body, timeout=10, **kwargs)
+    kwargs.setdefault("timeout", 10)
+    return requests.post(f"{BASE_URL}{route}", data=body, **kwargs)
 
 
 def expected_reference_output() -> float:

@@ -1,0 +1,162 @@
+"""Faults, bounded and against 127.0.0.1 only: the stack heals and never answers 5xx."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+from conftest import BASE_URL, REFERENCE_INPUT, active_colour, idle_colour, predict, run_playbook
+
+UPSTREAMS = "/opt/modelserve/nginx/conf.d/upstreams.conf"
+
+
+def management(host, colour: str, path: str) -> object:
+    port = {"blue": 8181, "green": 8281}[colour]
+    return json.loads(host.check_output(f"curl -sf http://127.0.0.1:{port}{path}"))
+
+
+def worker_pids(host, colour: str) -> list[int]:
+    workers = management(host, colour, "/models/model")[0]["workers"]
+    return sorted(w["pid"] for w in workers if w["status"] == "READY")
+
+
+def container_state(host, name: str) -> dict:
+    return json.loads(host.check_output(f"docker inspect {name}"))[0]
+
+
+def test_crashed_production_container_comes_back_within_60s(host) -> None:
+    # A crash, not `docker kill`: Docker treats a kill through its API as a manual
+    # stop and its restart policy leaves the container down on purpose.
+    container = f"torchserve-{active_colour(host)}"
+    before = container_state(host, container)
+    assert host.run(f"kill -9 {before['State']['Pid']}").rc == 0
+    killed = time.monotonic()
+    while time.monotonic() - killed < 120:
+        try:
+            if predict("/predict").status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    recovered = time.monotonic() - killed
+    print(f"{container} crashed: /predict answered again after {recovered:.1f} s")
+    assert container_state(host, container)["RestartCount"] == before["RestartCount"] + 1
+    assert recovered <= 60
+
+
+def timed_predictions(count: int) -> list[tuple[int, float]]:
+    """Status and seconds of `count` requests to /predict, one after the other."""
+    results = []
+    for _ in range(count):
+        started = time.monotonic()
+        status = predict("/predict", timeout=30).status_code
+        results.append((status, time.monotonic() - started))
+    return results
+
+
+def test_killed_worker_is_replaced_and_requests_succeed(host) -> None:
+    colour = active_colour(host)
+    before = worker_pids(host, colour)
+    assert before
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        traffic = pool.submit(timed_predictions, 200)
+        time.sleep(0.2)
+        # The image has no kill binary; the shell's builtin does.
+        assert host.run(f"docker exec torchserve-{colour} sh -c 'kill -9 {before[0]}'").rc == 0
+        results = traffic.result()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(worker_pids(host, colour)) < len(before):
+        time.sleep(1)
+    after = worker_pids(host, colour)
+    statuses = Counter(status for status, _ in results)
+    slowest = max(seconds for _, seconds in results)
+    print(
+        f"worker {before[0]} killed under traffic: replaced by {after}; {dict(statuses)}, "
+        f"slowest request {slowest:.2f} s"
+    )
+    assert after and before[0] not in after and len(after) == len(before)
+    assert statuses == {200: 200}
+
+
+def test_swap_to_a_config_that_does_not_validate_is_refused(host) -> None:
+    production = active_colour(host)
+    target = idle_colour(production)
+    before = host.file(UPSTREAMS).content_string
+    servers = {"blue": "172.30.0.10:8080", "green": "172.30.0.11:8080"}
+    broken = {"nginx_colour_servers": {**servers, target: "no-such-host:8080"}}
+    result = run_playbook("swap.yml", "-e", f"target={target}", "-e", json.dumps(broken))
+    assert result.returncode != 0
+    assert "failed to validate" in result.output
+    assert "no-such-host" in result.output
+    assert host.file(UPSTREAMS).content_string == before
+    response = predict("/predict")
+    assert response.status_code == 200 and response.headers["X-Model-Colour"] == production
+
+
+def fuzz_case(rng: random.Random) -> tuple[str, str, dict[str, str], bytes]:
+    """One odd request: method, route, headers and body."""
+    route = rng.choice(["/predict", "/test/predict", "/predict/", "/PREDICT", "/predict?x=1"])
+    method = rng.choices(["POST", "GET", "PUT", "DELETE", "PATCH", "OPTIONS"], [8, 1, 1, 1, 1, 1])[
+        0
+    ]
+    scalars: list[object] = [0, -1.5, 1e308, -1e308, 10**40, True, None, "1", "", [], {}, 0.2]
+    shape = rng.randrange(9)
+    if shape == 0:
+        body = bytes(rng.getrandbits(8) for _ in range(rng.randrange(64)))
+    elif shape == 1:
+        body = b"x" * rng.choice([17_000, 100_000, 1_000_000])
+    elif shape == 2:
+        body = json.dumps({"data": [rng.choice(scalars) for _ in range(rng.randrange(5))]}).encode()
+    elif shape == 3:
+        body = json.dumps(rng.choice(scalars)).encode()
+    elif shape == 4:
+        body = b'{"data": [' + rng.choice([b"NaN", b"Infinity", b"-Infinity", b"1e999"]) + b", 1]}"
+    elif shape == 5:
+        body = b'{"data": ' + b"[" * 500 + b"]" * 500 + b"}"
+    elif shape == 6:
+        body = json.dumps({"data": REFERENCE_INPUT, "extra": "x" * rng.randrange(100)}).encode()
+    elif shape == 7:
+        body = '{"data": [0.2, "\u00e9\u4e2d"]}'.encode("utf-16")
+    else:
+        body = json.dumps({"data": REFERENCE_INPUT})[: rng.randrange(1, 20)].encode()
+    headers = rng.choice(
+        [
+            {},
+            {"Content-Type": "application/json"},
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            {"Content-Type": "multipart/form-data; boundary=x"},
+            {"Content-Type": "text/plain; charset=latin1"},
+            {"Content-Encoding": "gzip"},
+            {"Transfer-Encoding": "chunked"},
+            {"X-Forwarded-For": "1.2.3.4, " * 50},
+            {"Accept": "text/html"},
+        ]
+    )
+    return method, route, headers, body
+
+
+def test_fuzzed_requests_never_get_5xx_and_no_worker_dies(host) -> None:
+    rng = random.Random(20261125)
+    pids = {colour: worker_pids(host, colour) for colour in ("blue", "green")}
+    tried, by_status = 0, {}
+    with requests.Session() as session:
+        for _ in range(1500):
+            method, route, headers, body = fuzz_case(rng)
+            if headers.get("Transfer-Encoding") == "chunked":
+                headers = {}
+                data: object = iter([body])
+            else:
+                data = body
+            response = session.request(
+                method, f"{BASE_URL}{route}", data=data, headers=headers, timeout=15
+            )
+            tried += 1
+            by_status[response.status_code] = by_status.get(response.status_code, 0) + 1
+            assert response.status_code < 500, (method, route, headers, body[:200], response.text)
+    print(f"fuzz: {tried} requests, answers by status {dict(sorted(by_status.items()))}")
+    assert {colour: worker_pids(host, colour) for colour in ("blue", "green")} == pids
+    assert predict("/predict").status_code == 200
