@@ -7,12 +7,27 @@ import random
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
-from conftest import BASE_URL, REFERENCE_INPUT, active_colour, idle_colour, predict, run_playbook
+import yaml
+from conftest import (
+    BASE_URL,
+    REFERENCE_INPUT,
+    REPO,
+    active_colour,
+    idle_colour,
+    predict,
+    run_playbook,
+)
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 UPSTREAMS = "/opt/modelserve/nginx/conf.d/upstreams.conf"
+FUZZ_REQUESTS = 1500
 
 
 def management(host, colour: str, path: str) -> object:
@@ -158,12 +173,51 @@ def fuzz_case(rng: random.Random) -> tuple[str, str, dict[str, str], bytes]:
     return method, route, headers, body
 
 
-def test_fuzzed_requests_never_get_5xx_and_no_worker_dies(host) -> None:
+class ApiContract:
+    """files/openapi.yaml: which status and body each request may get."""
+
+    def __init__(self, path: Path) -> None:
+        self.spec = yaml.safe_load(path.read_text())
+        resource = Resource.from_contents(self.spec, default_specification=DRAFT202012)
+        self.registry = Registry().with_resource("urn:modelserve-api", resource)
+
+    def _resolve(self, node: dict) -> dict:
+        while "$ref" in node:
+            node = self.registry.resolver().lookup(f"urn:modelserve-api{node['$ref']}").contents
+        return node
+
+    def violation(self, method: str, url: str, status: int, body: str) -> str | None:
+        """Why this answer breaks the contract, or None."""
+        path = urlsplit(url).path
+        operation = self.spec["paths"].get(path, {}).get(method.lower())
+        if operation is None:
+            # Unknown path: 404; known path, other method: 405; a body over the limit
+            # gets 413 whatever it was sent to (see the description's info).
+            allowed = {404 if path not in self.spec["paths"] else 405, 413}
+            documented = {"$ref": "#/components/responses/Error"} if status in allowed else None
+        else:
+            documented = operation["responses"].get(str(status))
+        if documented is None:
+            return f"status {status} is not documented for {method} {path}"
+        schema = self._resolve(documented)["content"]["application/json"]["schema"]
+        try:
+            document = json.loads(body)
+        except ValueError:
+            return f"body is not JSON: {body[:200]!r}"
+        if "$ref" in schema:
+            schema = {"$ref": f"urn:modelserve-api{schema['$ref']}"}
+        validator = Draft202012Validator(schema, registry=self.registry)
+        errors = [error.message for error in validator.iter_errors(document)]
+        return f"body {document} does not match: {errors}" if errors else None
+
+
+def test_fuzzed_requests_get_documented_answers_and_no_worker_dies(host) -> None:
+    contract = ApiContract(REPO / "files/openapi.yaml")
     rng = random.Random(20261125)
     pids = {colour: worker_pids(host, colour) for colour in ("blue", "green")}
-    tried, by_status = 0, {}
+    by_status: Counter[int] = Counter()
     with requests.Session() as session:
-        for _ in range(1500):
+        for _ in range(FUZZ_REQUESTS):
             method, route, headers, body = fuzz_case(rng)
             if headers.get("Transfer-Encoding") == "chunked":
                 headers = {}
@@ -173,9 +227,13 @@ def test_fuzzed_requests_never_get_5xx_and_no_worker_dies(host) -> None:
             response = session.request(
                 method, f"{BASE_URL}{route}", data=data, headers=headers, timeout=15
             )
-            tried += 1
-            by_status[response.status_code] = by_status.get(response.status_code, 0) + 1
-            assert response.status_code < 500, (method, route, headers, body[:200], response.text)
-    print(f"fuzz: {tried} requests, answers by status {dict(sorted(by_status.items()))}")
+            by_status[response.status_code] += 1
+            request = (method, route, headers, body[:200])
+            assert response.status_code < 500, (request, response.text)
+            violation = contract.violation(method, route, response.status_code, response.text)
+            assert violation is None, (request, violation)
+    print(
+        f"fuzz: {by_status.total()} requests, answers by status {dict(sorted(by_status.items()))}"
+    )
     assert {colour: worker_pids(host, colour) for colour in ("blue", "green")} == pids
     assert predict("/predict").status_code == 200
