@@ -4,9 +4,13 @@ Every request of a batch is validated on its own. Valid rows go through the mode
 forward pass; an invalid request gets HTTP 400 and ``{"error": "..."}`` for its index
 only, so one bad client never fails the others of its batch, nor the worker.
 
+What the model is asked is exported for drift detection (``InputStatistics``): per
+feature, counters of values, positive and negative sums, sum of squares and per-bucket
+counts, which Prometheus adds up across workers and colours.
+
 TorchServe takes a handler module with exactly one class, or a module-level ``handle``
-function. This module has two classes (the handler and its error type), so it exposes
-``handle``; TorchServe calls it once with ``data=None`` to load the model.
+function. This module has several classes, so it exposes ``handle``; TorchServe calls
+it once with ``data=None`` to load the model.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ import json
 import logging
 import math
 import os
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +31,7 @@ import torch
 
 if TYPE_CHECKING:
     from ts.context import Context
+    from ts.metrics.metric_cache_abstract import MetricCacheAbstract
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +55,15 @@ _JSON_TYPES = {
 
 Row = list[float]
 Answer = dict[str, Any]
+
+# Live-input statistics: names of the features in ``data`` order, the upper bounds of
+# the buckets (the last bucket is unbounded), and how often they are sent to TorchServe.
+# The model's config (model_config.yaml, ``handler:`` section) overrides them; the edges
+# must be the drift consumer's, so live and training histograms compare bucket by bucket.
+DEFAULT_FEATURES = ("x1", "x2")
+DEFAULT_BUCKET_EDGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DEFAULT_FLUSH_INTERVAL_S = 1.0
+METRIC_PREFIX = "modelserve_input_"
 
 
 class InvalidRequest(ValueError):
@@ -153,11 +171,131 @@ def load_model(model_dir: Path) -> torch.nn.Module:
     return model.eval()
 
 
+def bucket_label(edge: float) -> str:
+    """A bucket's upper bound as Prometheus clients write ``le`` (0.1 -> "0.1", 1 -> "1.0")."""
+    return "+Inf" if edge == math.inf else repr(float(edge))
+
+
+class InputStatistics:
+    """Per-feature sums of the valid inputs, sent to TorchServe's metrics as counters.
+
+    Counters, not gauges: each worker adds its own increments, TorchServe's frontend adds
+    up its workers, Prometheus sums the colours, and ``increase()`` over any window gives
+    that window's count, mean (sum / count), variance (squares / count - mean^2) and
+    histogram. A counter cannot go down, so the sum is kept as a positive and a negative
+    part. Rows are added up in memory and sent at most once per interval by a background
+    thread: a metric is one log line the frontend parses, too costly per request.
+    """
+
+    def __init__(
+        self,
+        features: Sequence[str] = DEFAULT_FEATURES,
+        edges: Sequence[float] = DEFAULT_BUCKET_EDGES,
+    ) -> None:
+        if not features or len(set(features)) != len(features):
+            raise ValueError(f"input features must be distinct names, got {list(features)}")
+        bounds = [float(edge) for edge in edges]
+        if not bounds or any(not math.isfinite(b) for b in bounds) or bounds != sorted(set(bounds)):
+            raise ValueError(f"bucket edges must be finite and increasing, got {list(edges)}")
+        self.features = tuple(features)
+        self.edges = tuple(bounds)
+        self.labels = tuple(bucket_label(edge) for edge in (*bounds, math.inf))
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        n = len(self.features)
+        self.count = 0
+        self.positive = [0.0] * n
+        self.negative = [0.0] * n
+        self.squares = [0.0] * n
+        self.buckets = [[0] * len(self.labels) for _ in range(n)]
+
+    def observe(self, rows: Sequence[Row]) -> None:
+        """Add valid rows (one value per feature each)."""
+        with self._lock:
+            for row in rows:
+                for i, value in enumerate(row):
+                    if value >= 0:
+                        self.positive[i] += value
+                    else:
+                        self.negative[i] -= value
+                    self.squares[i] += value * value
+                    # le semantics: a value equal to an edge belongs to that edge's bucket.
+                    self.buckets[i][bisect_left(self.edges, value)] += 1
+            self.count += len(rows)
+
+    def flush(self, metrics: MetricCacheAbstract) -> int:
+        """Send what was added since the last flush; returns the number of rows sent."""
+        with self._lock:
+            count, positive, negative = self.count, self.positive, self.negative
+            squares, buckets = self.squares, self.buckets
+            self._reset()
+        if not count:
+            return 0
+        per_feature = {
+            "values_total": [count] * len(self.features),
+            "sum_positive_total": positive,
+            "sum_negative_total": negative,
+            "sum_squares_total": squares,
+        }
+        for suffix, values in per_feature.items():
+            metric = metrics.add_metric_to_cache(METRIC_PREFIX + suffix, "count", ["feature"])
+            for feature, value in zip(self.features, values, strict=True):
+                if value:  # a counter's series appears with its first increment
+                    metric.add_or_update(value, [feature])
+        metric = metrics.add_metric_to_cache(
+            METRIC_PREFIX + "bucket_total", "count", ["feature", "le"]
+        )
+        for feature, hits_per_bucket in zip(self.features, buckets, strict=True):
+            for label, hits in zip(self.labels, hits_per_bucket, strict=True):
+                if hits:
+                    metric.add_or_update(hits, [feature, label])
+        return count
+
+
+def start_flusher(stats: InputStatistics, metrics: MetricCacheAbstract, interval: float) -> None:
+    """Flush ``stats`` every ``interval`` seconds from a daemon thread, for the worker's life."""
+
+    def loop() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                stats.flush(metrics)
+            except Exception:  # a metrics hiccup must never stop the flushing
+                logger.exception("could not send the input statistics")
+
+    threading.Thread(target=loop, name="input-statistics", daemon=True).start()
+
+
+def input_statistics_settings(config: object) -> tuple[InputStatistics, float]:
+    """Statistics and flush interval from the model config's ``handler:`` section.
+
+    A bad setting is logged and the defaults are used: serving goes on without drift
+    data for that feature set rather than with a dead worker.
+    """
+    section = config.get("handler", {}) if isinstance(config, dict) else {}
+    section = section if isinstance(section, dict) else {}
+    try:
+        stats = InputStatistics(
+            section.get("input_features", DEFAULT_FEATURES),
+            section.get("input_bucket_edges", DEFAULT_BUCKET_EDGES),
+        )
+        interval = float(section.get("input_metrics_interval_s", DEFAULT_FLUSH_INTERVAL_S))
+        if not interval > 0:
+            raise ValueError(f"input_metrics_interval_s must be > 0, got {interval}")
+    except (TypeError, ValueError) as err:
+        logger.error("bad input statistics settings (%s); using the defaults", err)
+        return InputStatistics(), DEFAULT_FLUSH_INTERVAL_S
+    return stats, interval
+
+
 class LinearRegressorHandler:
     """Loads the model once per worker and answers batches of requests."""
 
     def __init__(self) -> None:
         self.model: torch.nn.Module | None = None
+        self.input_statistics = InputStatistics()
 
     @property
     def initialized(self) -> bool:
@@ -171,6 +309,14 @@ class LinearRegressorHandler:
             logger.setLevel(level)
         self.model = load_model(Path(context.system_properties["model_dir"]))
         logger.info("loaded %s from %s", MODEL_CLASS, context.system_properties["model_dir"])
+        self.input_statistics, interval = input_statistics_settings(context.model_yaml_config)
+        if len(self.input_statistics.features) != N_FEATURES:
+            logger.error("input_features must name %d features; using the defaults", N_FEATURES)
+            self.input_statistics = InputStatistics()
+        if context.metrics is None:  # only outside TorchServe (a bare Context)
+            logger.warning("no metrics cache in the context: input statistics are not sent")
+        else:
+            start_flusher(self.input_statistics, context.metrics, interval)
 
     def predict(self, rows: list[Row]) -> list[float]:
         """One forward pass over all ``rows``; one output per row."""
@@ -179,12 +325,6 @@ class LinearRegressorHandler:
         with torch.inference_mode():
             outputs = self.model(torch.tensor(rows, dtype=torch.float32))
         return outputs.reshape(-1).tolist()
-
-    def observe_inputs(self, rows: list[Row], context: Context) -> None:
-        """Seam for live-input statistics: called with the valid rows of every batch.
-
-        Does nothing yet; exporting them to Prometheus goes here.
-        """
 
     def handle(self, data: list[Any], context: Context) -> list[Answer]:
         """Answer every request of ``data``, in order: ``{"output": y}`` or ``{"error": ...}``."""
@@ -200,13 +340,16 @@ class LinearRegressorHandler:
                 answers[idx] = self._reject(context, idx, str(err))
         logger.debug("batch of %d requests, %d valid", len(data), len(rows))
         if rows:
-            self.observe_inputs(rows, context)
-            for idx, output in zip(indexes, self.predict(rows), strict=True):
+            answered: list[Row] = []
+            for idx, row, output in zip(indexes, rows, self.predict(rows), strict=True):
                 # Inputs within float32 range can still overflow in the weighted sum.
                 if math.isfinite(output):
                     answers[idx] = {"output": output}
+                    answered.append(row)
                 else:
                     answers[idx] = self._reject(context, idx, "inputs overflow the model")
+            # What the model answered is what it was asked, for drift detection.
+            self.input_statistics.observe(answered)
         return answers
 
     @staticmethod

@@ -239,13 +239,20 @@ def test_every_answer_is_strict_json(loaded: LinearRegressorHandler) -> None:
         assert set(answer) in ({"output"}, {"error"})
 
 
-def test_observe_inputs_sees_exactly_the_valid_rows(
-    loaded: LinearRegressorHandler, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    seen: list[list[list[float]]] = []
-    monkeypatch.setattr(loaded, "observe_inputs", lambda rows, context: seen.append(rows))
-    run(loaded, [{"body": b'{"data": [1, 2]}'}, {"body": b"nope"}, {"body": REFERENCE_BODY}])
-    assert seen == [[[1.0, 2.0], [0.2, 0.6]]]
+def test_only_answered_rows_reach_the_input_statistics(loaded: LinearRegressorHandler) -> None:
+    service = LinearRegressorHandler()
+    service.model = loaded.model
+    requests = [
+        {"body": b'{"data": [1, 2]}'},
+        {"body": b"nope"},
+        {"body": b'{"data": [3e38, 3e38]}'},  # 400: overflows the weighted sum
+        {"body": REFERENCE_BODY},
+    ]
+    run(service, requests)
+    stats = service.input_statistics
+    assert stats.count == 2
+    assert stats.positive == pytest.approx([1.2, 2.6])
+    assert stats.squares == pytest.approx([1.04, 4.36])
 
 
 # --- the module-level entry point TorchServe calls --------------------------------------

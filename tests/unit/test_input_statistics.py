@@ -1,0 +1,138 @@
+"""Live-input statistics of the handler, read back from the metric lines TorchServe parses."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import random
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO
+from handler import (
+    DEFAULT_BUCKET_EDGES,
+    DEFAULT_FLUSH_INTERVAL_S,
+    InputStatistics,
+    bucket_label,
+    input_statistics_settings,
+)
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+DRIFT_DIR = REPO / "roles" / "kafka_drift" / "files"
+if str(DRIFT_DIR) not in sys.path:
+    sys.path.insert(0, str(DRIFT_DIR))
+
+from drift.stats import DEFAULT_EDGES, le_label  # noqa: E402
+
+TS_METRICS_YAML = Path(sys.modules["ts"].__file__).parent / "configs" / "metrics.yaml"
+# [METRICS]name.unit:value|#dim:value,dim:value|#type:COUNTER|#hostname:...,timestamp
+METRIC_LINE = re.compile(r"\[METRICS\](\w+)\.\w+:([^|]+)\|#([^|]*)\|#type:(\w+)\|")
+
+Sent = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def flush_and_read(stats: InputStatistics, caplog: pytest.LogCaptureFixture) -> Sent:
+    """Flush into TorchServe's real metrics cache; sum the counter lines it logs per series."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        stats.flush(MetricsCacheYamlImpl(str(TS_METRICS_YAML)))
+    sent: Sent = defaultdict(float)
+    for record in caplog.records:
+        match = METRIC_LINE.search(record.getMessage())
+        if match:
+            name, value, dims, kind = match.groups()
+            assert kind == "COUNTER"
+            labels = tuple(tuple(d.split(":", 1)) for d in dims.split(","))
+            sent[name, labels] += float(value)
+    return dict(sent)
+
+
+def series(sent: Sent, name: str, **labels: str) -> float:
+    return sent.get((f"modelserve_input_{name}", tuple(labels.items())), 0.0)
+
+
+def test_sums_and_buckets_match_numpy(caplog: pytest.LogCaptureFixture) -> None:
+    rng = random.Random(7)
+    rows = [[rng.gauss(0.5, 0.3), rng.gauss(-1.0, 2.0)] for _ in range(500)]
+    rows += [[0.1, 0.9], [0.9, -5.0]]  # values on an edge belong to that edge's bucket
+    stats = InputStatistics()
+    stats.observe(rows[:200])
+    stats.observe(rows[200:])
+    sent = flush_and_read(stats, caplog)
+    data = np.array(rows)
+    for i, feature in enumerate(("x1", "x2")):
+        values = data[:, i]
+        count = series(sent, "values_total", feature=feature)
+        total = series(sent, "sum_positive_total", feature=feature) - series(
+            sent, "sum_negative_total", feature=feature
+        )
+        assert count == len(rows)
+        assert total == pytest.approx(values.sum())
+        assert series(sent, "sum_squares_total", feature=feature) == pytest.approx(
+            (values**2).sum()
+        )
+        # le semantics: a bucket holds the values > the previous edge and <= its own.
+        edges = [-math.inf, *DEFAULT_BUCKET_EDGES, math.inf]
+        for low, high in itertools.pairwise(edges):
+            expected = int(((values > low) & (values <= high)).sum())
+            label = bucket_label(high)
+            assert series(sent, "bucket_total", feature=feature, le=label) == expected, label
+
+
+def test_a_flush_sends_only_what_came_since_the_last(caplog: pytest.LogCaptureFixture) -> None:
+    stats = InputStatistics()
+    assert flush_and_read(stats, caplog) == {}
+    stats.observe([[0.2, 0.6]])
+    assert series(flush_and_read(stats, caplog), "values_total", feature="x1") == 1
+    assert flush_and_read(stats, caplog) == {}
+    stats.observe([[0.3, 0.7], [0.4, 0.8]])
+    assert series(flush_and_read(stats, caplog), "values_total", feature="x2") == 2
+
+
+def test_no_counter_is_sent_a_negative_or_zero_increment(caplog: pytest.LogCaptureFixture) -> None:
+    stats = InputStatistics()
+    stats.observe([[-3.0, 0.0], [-1.0, 0.0]])
+    sent = flush_and_read(stats, caplog)
+    assert all(value > 0 for value in sent.values()), sent
+    assert series(sent, "sum_negative_total", feature="x1") == 4.0
+    assert series(sent, "sum_positive_total", feature="x1") == 0.0
+
+
+def test_bucket_labels_are_the_drift_consumers() -> None:
+    """Live and training histograms are compared bucket by bucket, by label."""
+    assert DEFAULT_BUCKET_EDGES == DEFAULT_EDGES
+    for edge in (*DEFAULT_EDGES, 1.0, 2, -0.5, 1e-3, math.inf):
+        assert bucket_label(edge) == le_label(edge)
+
+
+@pytest.mark.parametrize(
+    ("features", "edges"),
+    [([], [0.5]), (["x1", "x1"], [0.5]), (["x1", "x2"], []), (["x1", "x2"], [0.5, 0.1]),
+     (["x1", "x2"], [0.1, 0.1]), (["x1", "x2"], [0.1, math.nan]), (["x1", "x2"], ["a"])],
+)  # fmt: skip
+def test_bad_settings_are_refused(features: list[str], edges: list[object]) -> None:
+    with pytest.raises(ValueError, match=r"features|edges|float"):
+        InputStatistics(features, edges)  # type: ignore[arg-type]
+
+
+def test_settings_come_from_the_model_config() -> None:
+    config = {"handler": {"input_bucket_edges": [-1, 0, 1], "input_metrics_interval_s": 0.5}}
+    stats, interval = input_statistics_settings(config)
+    assert stats.labels == ("-1.0", "0.0", "1.0", "+Inf")
+    assert interval == 0.5
+
+
+@pytest.mark.parametrize(
+    "config",
+    [None, {"handler": "nope"}, {"handler": {"input_bucket_edges": [2, 1]}},
+     {"handler": {"input_metrics_interval_s": 0}}, {"handler": {"input_metrics_interval_s": "x"}}],
+)  # fmt: skip
+def test_bad_settings_fall_back_to_the_defaults(config: object) -> None:
+    stats, interval = input_statistics_settings(config)
+    assert stats.edges == DEFAULT_BUCKET_EDGES
+    assert interval == DEFAULT_FLUSH_INTERVAL_S
