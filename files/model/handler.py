@@ -225,13 +225,18 @@ class InputStatistics:
                     self.buckets[i][bisect_left(self.edges, value)] += 1
             self.count += len(rows)
 
-    def flush(self, metrics: MetricCacheAbstract) -> int:
-        """Send what was added since the last flush; returns the number of rows sent."""
+    def flush(self, metrics: MetricCacheAbstract, every_series: bool = False) -> int:
+        """Send what was added since the last flush; returns the number of rows sent.
+
+        ``every_series`` also sends the zero increments, which creates every series at 0:
+        done once when the worker starts, because Prometheus's ``increase()`` cannot count
+        the first value of a series it has never seen at a lower one.
+        """
         with self._lock:
             count, positive, negative = self.count, self.positive, self.negative
             squares, buckets = self.squares, self.buckets
             self._reset()
-        if not count:
+        if not count and not every_series:
             return 0
         per_feature = {
             "values_total": [count] * len(self.features),
@@ -242,14 +247,14 @@ class InputStatistics:
         for suffix, values in per_feature.items():
             metric = metrics.add_metric_to_cache(METRIC_PREFIX + suffix, "count", ["feature"])
             for feature, value in zip(self.features, values, strict=True):
-                if value:  # a counter's series appears with its first increment
+                if value or every_series:
                     metric.add_or_update(value, [feature])
         metric = metrics.add_metric_to_cache(
             METRIC_PREFIX + "bucket_total", "count", ["feature", "le"]
         )
         for feature, hits_per_bucket in zip(self.features, buckets, strict=True):
             for label, hits in zip(self.labels, hits_per_bucket, strict=True):
-                if hits:
+                if hits or every_series:
                     metric.add_or_update(hits, [feature, label])
         return count
 
@@ -316,6 +321,7 @@ class LinearRegressorHandler:
         if context.metrics is None:  # only outside TorchServe (a bare Context)
             logger.warning("no metrics cache in the context: input statistics are not sent")
         else:
+            self.input_statistics.flush(context.metrics, every_series=True)
             start_flusher(self.input_statistics, context.metrics, interval)
 
     def predict(self, rows: list[Row]) -> list[float]:

@@ -36,11 +36,13 @@ METRIC_LINE = re.compile(r"\[METRICS\](\w+)\.\w+:([^|]+)\|#([^|]*)\|#type:(\w+)\
 Sent = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def flush_and_read(stats: InputStatistics, caplog: pytest.LogCaptureFixture) -> Sent:
+def flush_and_read(
+    stats: InputStatistics, caplog: pytest.LogCaptureFixture, every_series: bool = False
+) -> Sent:
     """Flush into TorchServe's real metrics cache; sum the counter lines it logs per series."""
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        stats.flush(MetricsCacheYamlImpl(str(TS_METRICS_YAML)))
+        stats.flush(MetricsCacheYamlImpl(str(TS_METRICS_YAML)), every_series=every_series)
     sent: Sent = defaultdict(float)
     for record in caplog.records:
         match = METRIC_LINE.search(record.getMessage())
@@ -101,6 +103,15 @@ def test_no_counter_is_sent_a_negative_or_zero_increment(caplog: pytest.LogCaptu
     assert all(value > 0 for value in sent.values()), sent
     assert series(sent, "sum_negative_total", feature="x1") == 4.0
     assert series(sent, "sum_positive_total", feature="x1") == 0.0
+
+
+def test_the_first_flush_creates_every_series_at_zero(caplog: pytest.LogCaptureFixture) -> None:
+    sent = flush_and_read(InputStatistics(), caplog, every_series=True)
+    per_feature = 4 + len(DEFAULT_BUCKET_EDGES) + 1  # 4 sums and every bucket
+    assert len(sent) == 2 * per_feature
+    assert set(sent.values()) == {0.0}
+    assert series(sent, "bucket_total", feature="x2", le="+Inf") == 0.0
+    assert ("modelserve_input_bucket_total", (("feature", "x2"), ("le", "+Inf"))) in sent
 
 
 def test_bucket_labels_are_the_drift_consumers() -> None:
