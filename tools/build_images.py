@@ -55,7 +55,12 @@ IMAGES = (
     ImageSpec("alertmanager", "modelserve-local/alertmanager:v0.27.0", offline=True),
     ImageSpec("node-exporter", "modelserve-local/node-exporter:v1.8.2", offline=True),
     ImageSpec("nginx-exporter", "modelserve-local/nginx-exporter:1.3.0", offline=True),
+    ImageSpec("kafka", "modelserve-local/kafka:3.9.0", offline=True),
+    ImageSpec("python", "modelserve-local/python:3.11-slim-bookworm", offline=True),
 )
+# Wheels an air-gapped host needs for images the roles build there (the drift image),
+# put beside the tarballs as <offline-dir>/wheels/<name>/.
+HOST_WHEELHOUSES = {"drift": REPO / "roles/kafka_drift/files/requirements.txt"}
 
 
 def log(message: str) -> None:
@@ -179,6 +184,24 @@ def export(spec: ImageSpec, directory: Path) -> None:
     stamp.write_text(f"{current}\n")
 
 
+def export_wheels(name: str, requirements: Path, directory: Path) -> None:
+    """Download a role's Python requirements for hosts that build images offline."""
+    wheelhouse = directory / "wheels" / name
+    stamp = wheelhouse / ".requirements-sha256"
+    wanted = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text().strip() == wanted:
+        log(f"wheels for {name}: up to date")
+        return
+    shutil.rmtree(wheelhouse, ignore_errors=True)
+    wheelhouse.mkdir(parents=True)
+    log(f"wheels for {name}: {requirements.relative_to(REPO)}")
+    run(
+        sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
+        "--dest", str(wheelhouse), "-r", str(requirements),
+    )  # fmt: skip
+    stamp.write_text(f"{wanted}\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -200,6 +223,9 @@ def main() -> None:
         build(spec)
         if spec.offline:
             export(spec, args.offline_dir)
+    if not args.only:
+        for name, requirements in HOST_WHEELHOUSES.items():
+            export_wheels(name, requirements, args.offline_dir)
 
 
 if __name__ == "__main__":
