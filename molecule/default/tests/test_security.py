@@ -9,10 +9,11 @@ import subprocess
 
 # The only port the stack serves beyond the host's loopback: nginx's public port.
 PUBLIC_PORTS = {80}
-LOOPBACK_ONLY = {8089, 8180, 8181, 8182, 8280, 8281, 8282, 9090, 9093}
+LOOPBACK_ONLY = {8089, 8180, 8181, 8182, 8280, 8281, 8282, 9090, 9092, 9093}
 # Ports the stack's containers listen on inside the stack network, never published:
-# TorchServe (8080-8082), nginx's stub_status (8081), node and nginx exporters, Grafana.
-UNPUBLISHED = {3000, 8080, 8081, 8082, 9100, 9113}
+# TorchServe (8080-8082), nginx's stub_status (8081), node and nginx exporters, Grafana,
+# the drift consumer's and producer's metrics (8000, 8001).
+UNPUBLISHED = {3000, 8000, 8001, 8080, 8081, 8082, 9100, 9113}
 
 
 def listening(host) -> dict[int, set[str]]:
@@ -43,7 +44,15 @@ def test_management_api_is_not_reachable_through_nginx(host) -> None:
 
 
 def test_containers_have_memory_limits_and_read_only_config(host) -> None:
-    for name in ("torchserve-blue", "torchserve-green", "nginx", "prometheus", "locust"):
+    for name in (
+        "torchserve-blue",
+        "torchserve-green",
+        "nginx",
+        "prometheus",
+        "locust",
+        "kafka",
+        "drift-consumer",
+    ):
         info = json.loads(host.check_output(f"docker inspect {name}"))[0]
         assert info["HostConfig"]["Memory"] > 0, name
         config_mounts = [m for m in info["Mounts"] if "/opt/modelserve" in m["Source"]]
