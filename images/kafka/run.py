@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 
 TANSU = "/opt/kafka/tansu"
 
@@ -25,8 +26,8 @@ def listeners(text: str) -> dict[str, tuple[str, str]]:
     return result
 
 
-def main() -> None:
-    env = os.environ
+def tansu_argv(env: Mapping[str, str]) -> list[str]:
+    """Tansu's command line for the official image's KAFKA_* settings."""
     controllers = set(env.get("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER").split(","))
     bind = listeners(env.get("KAFKA_LISTENERS", "PLAINTEXT://:9092"))
     name = env.get("KAFKA_INTER_BROKER_LISTENER_NAME") or next(
@@ -35,7 +36,7 @@ def main() -> None:
     host, port = bind[name]
     advertised = listeners(env.get("KAFKA_ADVERTISED_LISTENERS", "")).get(name)
     advertised_host, advertised_port = advertised or ("localhost", port)
-    argv = [
+    return [
         TANSU,
         "broker",
         "--listener-url",
@@ -47,6 +48,10 @@ def main() -> None:
         "--storage-engine",
         env.get("STORAGE_ENGINE", "memory://tansu/"),
     ]
+
+
+def main() -> None:
+    argv = tansu_argv(os.environ)
     print("run:", " ".join(argv), flush=True)
     os.execv(TANSU, argv)  # Tansu becomes PID 1 and gets docker stop's SIGTERM
 

@@ -554,3 +554,14 @@ def test_tally_summary() -> None:
         "failed": 1,
         "invalid_by_reason": {"not_json": 2},
     }
+
+
+def test_tally_is_stalled_only_when_sends_fail_without_any_ack() -> None:
+    tally = Tally()
+    start = tally.last_ack
+    assert not tally.stalled(60, now=start + 120)  # nothing failed: merely idle
+    tally.failed_send(RuntimeError("x"))
+    assert not tally.stalled(60, now=start + 30)
+    assert tally.stalled(60, now=start + 61)
+    tally.acked(None)
+    assert not tally.stalled(60, now=tally.last_ack + 61)

@@ -37,7 +37,9 @@ exits 1), and printed at the end: one log line, and one JSON line on stdout, e.g
 ``{"valid": 95, "invalid": 5, "failed": 0, "invalid_by_reason": {"not_json": 2, ...}}``
 (the reasons are those the consumer will count them under), so a test can compare
 produced with counted. A send reported failed (e.g. timed out) may still have been
-written, so compare exactly only when ``failed`` is 0.
+written, so compare exactly only when ``failed`` is 0. When sends fail and none is
+acknowledged for 60 s (STALL_EXIT_S), the run ends there (exit 1): a container's restart
+policy then starts a fresh producer.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ logger = logging.getLogger("drift.producer")
 T = TypeVar("T")
 # Longest wait between two attempts to reach the broker.
 RETRY_MAX_S = 30.0
+# Sends failing with no acknowledgement for this long: give up and exit 1, so that the
+# restart policy starts a fresh producer. kafka-python keeps failing every send after
+# a fatal error (e.g. a broker that forgot our idempotent producer id on restart).
+STALL_EXIT_S = 60.0
 
 # Malformed values and the consumer reason each one must be counted under (a unit test
 # checks the consumer agrees). ``None`` is a tombstone (Kafka wants a key with it).
@@ -149,6 +155,8 @@ class Tally:
         self.valid = 0
         self.invalid: Counter[str] = Counter()
         self.failed = 0
+        self.failed_since_ack = 0
+        self.last_ack = time.monotonic()
         self._metric, self._failed_metric = metric, failed_metric
 
     def acked(self, reason: str | None) -> None:
@@ -157,15 +165,24 @@ class Tally:
                 self.valid += 1
             else:
                 self.invalid[reason] += 1
+            self.failed_since_ack = 0
+            self.last_ack = time.monotonic()
         if self._metric is not None:
             self._metric.labels(kind="valid" if reason is None else "invalid").inc()
 
     def failed_send(self, error: Exception) -> None:
         with self._lock:
             self.failed += 1
+            self.failed_since_ack += 1
         if self._failed_metric is not None:
             self._failed_metric.inc()
         logger.warning("send failed: %s", error)
+
+    def stalled(self, seconds: float, now: float | None = None) -> bool:
+        """Sends have failed and none was acknowledged for ``seconds``."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            return self.failed_since_ack > 0 and now - self.last_ack > seconds
 
     def summary(self) -> dict[str, Any]:
         with self._lock:
@@ -223,6 +240,9 @@ def produce(config: ProducerConfig, tally: Tally, stop: threading.Event) -> None
             linger_ms=5,
             bootstrap_timeout_ms=10000,
             max_block_ms=10000,  # a send waits this long for metadata, then fails
+            # The topic's owner creates it with its partition count (--create-topic,
+            # Ansible); a send must not create it first with the broker's defaults.
+            allow_auto_create_topics=False,
         ),
         stop,
     )
@@ -236,6 +256,9 @@ def produce(config: ProducerConfig, tally: Tally, stop: threading.Event) -> None
         while not stop.is_set() and (config.max_messages == 0 or attempted < config.max_messages):
             send_one(producer, config.topic, *make_message(config, rng), tally)
             attempted += 1
+            if tally.stalled(STALL_EXIT_S):
+                logger.error("no send acknowledged for %.0f s: giving up", STALL_EXIT_S)
+                break
             if interval:
                 # A fixed schedule, not sleep(interval): send time does not slow the rate;
                 # after a stall (broker outage) it restarts instead of bursting to catch up.
