@@ -40,6 +40,8 @@ class TorchServeSettings:
     netty_client_threads: int | None
     jvm_heap: str | None
     decode_input_request: bool
+    log_level: str | None  # None: TorchServe's own log4j2.xml (every request, at DEBUG)
+    access_log: bool
 
     def override(self, assignments: dict[str, str]) -> TorchServeSettings:
         """A copy with ``name=value`` assignments applied (values parsed as YAML)."""
@@ -61,6 +63,8 @@ REFERENCE_TORCHSERVE = TorchServeSettings(
     netty_client_threads=None,
     jvm_heap=None,
     decode_input_request=True,
+    log_level=None,
+    access_log=True,
 )
 
 FASTAPI_WORKERS = 1  # `uvicorn app:app`, as the reference project ran it: one process
@@ -83,6 +87,8 @@ def tuned_torchserve(defaults: dict[str, Any] | None = None) -> TorchServeSettin
         netty_client_threads=int(d["torchserve_netty_client_threads"]),
         jvm_heap=str(d["torchserve_jvm_heap"]),
         decode_input_request=False,
+        log_level=str(d["torchserve_log_level"]),
+        access_log=bool(d["torchserve_access_log"]),
     )
 
 

@@ -33,12 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 import build_images
 import candidates as cfg
+import jinja2
 import report
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MODEL_DIR = REPO / "files" / "model"
 POST_SCRIPT = HERE / "post.lua"
+LOG_TEMPLATE = REPO / "roles" / "torchserve" / "templates" / "log4j2.xml.j2"
+LOG_CONFIG = "/home/model-server/log4j2.xml"
 TORCHSERVE_IMAGE = "modelserve-local/torchserve:0.12.0-cpu"
 NGINX_IMAGE = "modelserve-local/nginx:1.27"
 FASTAPI_SPEC = build_images.ImageSpec(
@@ -140,18 +143,36 @@ def torchserve_properties(settings: cfg.TorchServeSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
+def log_config(settings: cfg.TorchServeSettings) -> str:
+    """The torchserve role's log4j2.xml, rendered with ``settings``' level."""
+    env = jinja2.Environment(keep_trailing_newline=True, autoescape=False)
+    env.filters["bool"] = bool  # Ansible's filter, for the booleans given here
+    return env.from_string(LOG_TEMPLATE.read_text()).render(
+        ansible_managed="benchmarks/run.py",
+        torchserve_log_level=settings.log_level,
+        torchserve_access_log=settings.access_log,
+    )
+
+
 def start_torchserve(name: str, port: int, work: Path, settings: cfg.TorchServeSettings) -> str:
     store = write_model_store(work, settings)
     properties = work / "config.properties"
     properties.write_text(torchserve_properties(settings))
-    properties.chmod(0o644)
-    docker(
-        "run", "-d", f"--name={name}", f"--publish=127.0.0.1:{port}:8080",
+    mounts = [
         f"--mount=type=bind,source={properties},target=/home/model-server/config.properties,readonly",
         f"--mount=type=bind,source={store},target=/home/model-server/model-store,readonly",
-        "--entrypoint=torchserve", TORCHSERVE_IMAGE,
-        "--start", "--foreground", "--ts-config=/home/model-server/config.properties",
-        "--disable-token-auth",
+    ]
+    options = ["--ts-config=/home/model-server/config.properties", "--disable-token-auth"]
+    if settings.log_level is not None:
+        log4j2 = work / "log4j2.xml"
+        log4j2.write_text(log_config(settings))
+        log4j2.chmod(0o644)
+        mounts.append(f"--mount=type=bind,source={log4j2},target={LOG_CONFIG},readonly")
+        options.append(f"--log-config={LOG_CONFIG}")
+    properties.chmod(0o644)
+    docker(
+        "run", "-d", f"--name={name}", f"--publish=127.0.0.1:{port}:8080", *mounts,
+        "--entrypoint=torchserve", TORCHSERVE_IMAGE, "--start", "--foreground", *options,
     )  # fmt: skip
     return f"http://127.0.0.1:{port}/predictions/{MODEL_NAME}"
 
