@@ -162,9 +162,12 @@ def test_tuned_settings_come_from_the_role_defaults() -> None:
         "torchserve_netty_threads": 2,
         "torchserve_netty_client_threads": 2,
         "torchserve_jvm_heap": "256m",
+        "torchserve_log_level": "error",
+        "torchserve_access_log": False,
     }
     settings = candidates.tuned_torchserve(defaults)
     assert (settings.workers, settings.batch_size, settings.max_batch_delay_ms) == (2, 16, 3)
+    assert (settings.log_level, settings.access_log) == ("error", False)
     assert settings.override({"batch_size": "4", "jvm_heap": "1g"}).batch_size == 4
     with pytest.raises(ValueError, match="unknown"):
         settings.override({"batchsize": "4"})
