@@ -23,6 +23,8 @@ DURATION_S = 20
 WARMUP_S = 5
 WRK_THREADS = 2
 WRK_TIMEOUT_S = 5
+# Each measured run starts once fewer sockets than this are in TIME-WAIT (see run.settle).
+SETTLED_TIME_WAIT = 5000
 
 
 @dataclass(frozen=True)

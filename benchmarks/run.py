@@ -240,6 +240,27 @@ def memory_sample(instance: str | None, names: list[str] | None = None) -> dict[
     return report.parse_docker_stats(out.stdout)
 
 
+def time_wait(instance: str | None) -> int:
+    """Sockets in TIME-WAIT on this host, plus in the VM ``instance`` when given."""
+    counts = [subprocess.run(["ss", "-Htan", "state", "time-wait"], capture_output=True, text=True)]
+    if instance:
+        counts.append(docker("exec", instance, "ss", "-Htan", "state", "time-wait", check=False))
+    return sum(len(c.stdout.splitlines()) for c in counts)
+
+
+def settle(instance: str | None) -> None:
+    """Wait (90 s at most) until the connections of the last run have left TIME-WAIT.
+
+    With client keep-alive off (nginx's default here) every request is a new connection
+    from 127.0.0.1, and tens of thousands of them linger in TIME-WAIT for 60 s: a run
+    started right after another would be slowed by the one before, not by its server.
+    """
+    deadline = time.monotonic() + 90
+    while (count := time_wait(instance)) > cfg.SETTLED_TIME_WAIT and time.monotonic() < deadline:
+        time.sleep(2)
+    log(f"  {count} sockets in TIME-WAIT at start")
+
+
 def measure(
     url: str, args: argparse.Namespace, sampler: threading.Thread | None = None
 ) -> dict[int, report.LoadResult]:
@@ -248,6 +269,7 @@ def measure(
     run_wrk(url, max(args.connections), args.warmup)
     runs: dict[int, report.LoadResult] = {}
     for connections in sorted(args.connections):
+        settle(args.instance)
         is_last = connections == max(args.connections)
         if is_last and sampler is not None:
             sampler.start()
