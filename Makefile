@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export MODELSERVE_HTTP_PORT ?= 8080
 
-.PHONY: demo demo-destroy test lint unit molecule host venv images
+.PHONY: demo demo-destroy test lint unit molecule host venv images bench
 
 demo: images
 	molecule converge
@@ -35,6 +35,12 @@ unit: venv
 
 molecule: images
 	molecule test
+
+# Not part of `make test`: needs the VM converged (make demo) and takes about 5 minutes.
+# See the README's performance section.
+bench: images
+	$(BIN)/pip install --quiet --disable-pip-version-check -r benchmarks/requirements.txt
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 host:
 	python3 tools/host_setup.py

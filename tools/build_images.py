@@ -44,6 +44,11 @@ class ImageSpec:
     directory: str
     tag: str
     offline: bool  # saved as a tarball for hosts (and the Molecule VM) to load
+    root: Path = IMAGES_DIR  # where `directory` is (benchmarks/images for its own image)
+
+    @property
+    def source(self) -> Path:
+        return self.root / self.directory
 
 
 IMAGES = (
@@ -127,7 +132,7 @@ def build_base() -> None:
 
 def download_wheels(spec: ImageSpec) -> Path | None:
     """Fetch the image's Python requirements on the host, where PyPI is reachable."""
-    requirements = IMAGES_DIR / spec.directory / "requirements.txt"
+    requirements = spec.source / "requirements.txt"
     if not requirements.exists():
         return None
     wheelhouse = CACHE / "wheelhouse" / spec.directory
@@ -143,7 +148,7 @@ def download_wheels(spec: ImageSpec) -> Path | None:
 def inputs_hash(spec: ImageSpec) -> str:
     digest = hashlib.sha256()
     digest.update((image_id(BASE_TAG) or "").encode())
-    source = IMAGES_DIR / spec.directory
+    source = spec.source
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(source)).encode())
         digest.update(path.read_bytes())
@@ -158,7 +163,7 @@ def build(spec: ImageSpec) -> None:
     wheelhouse = download_wheels(spec)
     context = CACHE / "build" / spec.directory
     shutil.rmtree(context, ignore_errors=True)
-    shutil.copytree(IMAGES_DIR / spec.directory, context)
+    shutil.copytree(spec.source, context)
     wheels = context / "wheelhouse"
     wheels.mkdir(exist_ok=True)
     if wheelhouse is not None:

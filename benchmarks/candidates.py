@@ -1,0 +1,134 @@
+"""What benchmarks/run.py compares, and with which settings: the one place to read them.
+
+The tuned TorchServe candidate and the floor's nginx take their settings from the role
+defaults, so the benchmark always measures what a converge deploys; ``--set`` overrides
+them for one run (to try a setting before making it the default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+TORCHSERVE_DEFAULTS = REPO / "roles" / "torchserve" / "defaults" / "main.yml"
+NGINX_DEFAULTS = REPO / "roles" / "nginx" / "defaults" / "main.yml"
+
+# The load: the same tool, script and duration for every candidate.
+CONNECTIONS = (100, 200)
+DURATION_S = 20
+WARMUP_S = 5
+WRK_THREADS = 2
+WRK_TIMEOUT_S = 5
+# Each measured run starts once fewer sockets than this are in TIME-WAIT (see run.settle).
+SETTLED_TIME_WAIT = 5000
+
+
+@dataclass(frozen=True)
+class TorchServeSettings:
+    """config.properties and model-config settings of one TorchServe candidate.
+
+    ``None`` leaves TorchServe's own default (queue 100, netty threads = cores).
+    """
+
+    workers: int
+    batch_size: int
+    max_batch_delay_ms: int
+    job_queue_size: int | None
+    netty_threads: int | None
+    netty_client_threads: int | None
+    jvm_heap: str | None
+    decode_input_request: bool
+    log_level: str | None  # None: TorchServe's own log4j2.xml (every request, at DEBUG)
+    access_log: bool
+
+    def override(self, assignments: dict[str, str]) -> TorchServeSettings:
+        """A copy with ``name=value`` assignments applied (values parsed as YAML)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(assignments) - known)
+        if unknown:
+            raise ValueError(f"unknown TorchServe setting(s) {unknown}; known: {sorted(known)}")
+        return replace(self, **{k: yaml.safe_load(v) for k, v in assignments.items()})
+
+
+# The reference project's TorchServe: one worker, no batching, TorchServe's default queue
+# and threads. The model and handler are ours in every candidate, so only settings differ.
+REFERENCE_TORCHSERVE = TorchServeSettings(
+    workers=1,
+    batch_size=1,
+    max_batch_delay_ms=100,
+    job_queue_size=None,
+    netty_threads=None,
+    netty_client_threads=None,
+    jvm_heap=None,
+    decode_input_request=True,
+    log_level=None,
+    access_log=True,
+)
+
+FASTAPI_WORKERS = 1  # `uvicorn app:app`, as the reference project ran it: one process
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    return data if isinstance(data, dict) else {}
+
+
+def tuned_torchserve(defaults: dict[str, Any] | None = None) -> TorchServeSettings:
+    """Our settings, as the torchserve role's defaults set them."""
+    d = _read_yaml(TORCHSERVE_DEFAULTS) if defaults is None else defaults
+    return TorchServeSettings(
+        workers=int(d["torchserve_default_workers_per_model"]),
+        batch_size=int(d["torchserve_batch_size"]),
+        max_batch_delay_ms=int(d["torchserve_max_batch_delay"]),
+        job_queue_size=int(d["torchserve_job_queue_size"]),
+        netty_threads=int(d["torchserve_netty_threads"]),
+        netty_client_threads=int(d["torchserve_netty_client_threads"]),
+        jvm_heap=str(d["torchserve_jvm_heap"]),
+        decode_input_request=False,
+        log_level=str(d["torchserve_log_level"]),
+        access_log=bool(d["torchserve_access_log"]),
+    )
+
+
+@dataclass(frozen=True)
+class NginxSettings:
+    """The nginx role's connection settings, used by the floor candidate too."""
+
+    worker_processes: str
+    worker_connections: int
+    keepalive_timeout: int
+    upstream_keepalive: int
+
+
+def nginx_settings(defaults: dict[str, Any] | None = None) -> NginxSettings:
+    d = _read_yaml(NGINX_DEFAULTS) if defaults is None else defaults
+    return NginxSettings(
+        worker_processes=str(d["nginx_worker_processes"]),
+        worker_connections=int(d["nginx_worker_connections"]),
+        keepalive_timeout=int(d["nginx_keepalive_timeout"]),
+        upstream_keepalive=int(d["nginx_upstream_keepalive"]),
+    )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    number: int
+    key: str
+    title: str
+    torchserve: TorchServeSettings | None = None
+
+
+def candidates(tuned: TorchServeSettings) -> tuple[Candidate, ...]:
+    return (
+        Candidate(1, "nginx-floor", "nginx, fixed JSON body (HTTP floor)"),
+        Candidate(
+            2, "torchserve-reference", "TorchServe, reference settings", REFERENCE_TORCHSERVE
+        ),
+        Candidate(3, "fastapi", "FastAPI/uvicorn, same model"),
+        Candidate(4, "torchserve-tuned", "TorchServe, our settings", tuned),
+        Candidate(5, "stack", "our stack, nginx /predict"),
+    )
