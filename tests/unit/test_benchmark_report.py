@@ -178,3 +178,19 @@ def test_reference_settings_are_the_reference_projects() -> None:
     assert (ref.workers, ref.batch_size, ref.job_queue_size) == (1, 1, None)
     numbers = [c.number for c in candidates.candidates(candidates.tuned_torchserve())]
     assert numbers == [1, 2, 3, 4, 5]
+
+
+def test_torchserve_candidates_config() -> None:
+    sys.path.insert(0, str(BENCH_DIR.parent / "tools"))
+    import run
+
+    reference = run.torchserve_properties(candidates.REFERENCE_TORCHSERVE)
+    assert "default_workers_per_model=1" in reference
+    assert "job_queue_size" not in reference and "number_of_netty_threads" not in reference
+    tuned = candidates.tuned_torchserve()
+    ours = run.torchserve_properties(tuned)
+    assert f"job_queue_size={tuned.job_queue_size}" in ours
+    assert "decode_input_request=false" in ours
+    log4j2 = run.log_config(tuned.override({"log_level": "error", "access_log": "false"}))
+    assert '<Root level="error">' in log4j2
+    assert '<Logger name="ACCESS_LOG" level="off"/>' in log4j2
