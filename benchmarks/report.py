@@ -93,6 +93,15 @@ def parse_docker_stats(output: str) -> dict[str, int]:
     return usage
 
 
+def parse_rss_kib(output: str) -> int:
+    """Sum of the RSS column (KiB) of ``docker top NAME -o pid,rss``."""
+    lines = output.splitlines()
+    if not lines or "RSS" not in lines[0].split():
+        return 0
+    column = lines[0].split().index("RSS")
+    return sum(int(line.split()[column]) for line in lines[1:] if line.strip())
+
+
 Results = dict[int, dict[int, LoadResult]]  # candidate number -> connections -> result
 
 

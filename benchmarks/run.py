@@ -261,6 +261,15 @@ def settle(instance: str | None) -> None:
     log(f"  {count} sockets in TIME-WAIT at start")
 
 
+def container_rss(name: str) -> int:
+    """Resident memory of a container's processes on this host, in bytes.
+
+    (This machine's Docker reports no memory in `docker stats`; the VM's does.)
+    """
+    top = docker("top", name, "-o", "pid,rss", check=False)
+    return report.parse_rss_kib(top.stdout) * 1024
+
+
 def measure(
     url: str, args: argparse.Namespace, sampler: threading.Thread | None = None
 ) -> dict[int, report.LoadResult]:
@@ -395,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
             wait_until_serving(url)
 
             def sample_candidate(key: str = candidate.key, container: str = name) -> None:
-                candidate_memory[key] = memory_sample(None, [container]).get(container, 0)
+                candidate_memory[key] = container_rss(container)
 
             results[candidate.number] = measure(
                 url, args, delayed(args.duration / 2, sample_candidate)
@@ -458,6 +467,11 @@ def main(argv: list[str] | None = None) -> int:
             report.ratios_table(results),
             report.targets_table(checks),
             report.memory_table(memory) if memory else "Stack memory: not measured.",
+            "Candidates' RSS under load (MiB): "
+            + (
+                ", ".join(f"{k} {v / 1024**2:,.0f}" for k, v in candidate_memory.items())
+                or "not measured"
+            ),
         ]
     )
     (args.out / "results.md").write_text(markdown + "\n")

@@ -94,6 +94,12 @@ def test_parse_docker_stats() -> None:
     }
 
 
+def test_parse_rss_kib() -> None:
+    output = "PID                 RSS\n7489                6712\n7619                2784\n"
+    assert report.parse_rss_kib(output) == 6712 + 2784
+    assert report.parse_rss_kib("") == 0
+
+
 def full_run() -> report.Results:
     return {
         1: {100: result(8000), 200: result(8000)},
