@@ -286,6 +286,8 @@ def input_statistics_settings(config: object) -> tuple[InputStatistics, float]:
             section.get("input_features", DEFAULT_FEATURES),
             section.get("input_bucket_edges", DEFAULT_BUCKET_EDGES),
         )
+        if len(stats.features) != N_FEATURES:
+            raise ValueError(f"input_features must name {N_FEATURES} features")
         interval = float(section.get("input_metrics_interval_s", DEFAULT_FLUSH_INTERVAL_S))
         if not interval > 0:
             raise ValueError(f"input_metrics_interval_s must be > 0, got {interval}")
@@ -315,9 +317,6 @@ class LinearRegressorHandler:
         self.model = load_model(Path(context.system_properties["model_dir"]))
         logger.info("loaded %s from %s", MODEL_CLASS, context.system_properties["model_dir"])
         self.input_statistics, interval = input_statistics_settings(context.model_yaml_config)
-        if len(self.input_statistics.features) != N_FEATURES:
-            logger.error("input_features must name %d features; using the defaults", N_FEATURES)
-            self.input_statistics = InputStatistics()
         if context.metrics is None:  # only outside TorchServe (a bare Context)
             logger.warning("no metrics cache in the context: input statistics are not sent")
         else:

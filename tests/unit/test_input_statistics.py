@@ -141,7 +141,8 @@ def test_settings_come_from_the_model_config() -> None:
 @pytest.mark.parametrize(
     "config",
     [None, {"handler": "nope"}, {"handler": {"input_bucket_edges": [2, 1]}},
-     {"handler": {"input_metrics_interval_s": 0}}, {"handler": {"input_metrics_interval_s": "x"}}],
+     {"handler": {"input_metrics_interval_s": 0}}, {"handler": {"input_metrics_interval_s": "x"}},
+     {"handler": {"input_features": ["x1", "x2", "x3"], "input_metrics_interval_s": 5}}],
 )  # fmt: skip
 def test_bad_settings_fall_back_to_the_defaults(config: object) -> None:
     stats, interval = input_statistics_settings(config)
