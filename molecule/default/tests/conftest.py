@@ -57,10 +57,15 @@ def run_playbook(playbook: str, *extra: str) -> PlaybookRun:
     return PlaybookRun(result.returncode, result.stdout + result.stderr)
 
 
-def predict(route: str, payload: object | None = None, **kwargs: object) -> requests.Response:
+def predict(
+    route: str,
+    payload: object | None = None,
+    session: requests.Session | None = None,
+    **kwargs: object,
+) -> requests.Response:
     body = json.dumps({"data": REFERENCE_INPUT} if payload is None else payload)
     kwargs.setdefault("timeout", 10)
-    return requests.post(f"{BASE_URL}{route}", data=body, **kwargs)
+    return (session or requests).post(f"{BASE_URL}{route}", data=body, **kwargs)
 
 
 def expected_reference_output() -> float:
