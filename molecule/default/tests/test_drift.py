@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
+from conftest import REPO, user_environment
 
 PROMETHEUS = "http://127.0.0.1:9090"
 NETWORK = "modelserve"
@@ -127,6 +129,24 @@ def quiet_topic(host) -> Iterator[None]:
         host.run(f"docker unpause {BROKER}")
         host.run(f"docker rm -f {BOUNDED}")
         host.run(f"docker start {SIMULATOR}")
+
+
+def test_converge_removes_drift_images_of_earlier_code(host) -> None:
+    """A tag of earlier code goes; the running one stays (the role's prune tasks, run
+    through Ansible as a converge runs them)."""
+    current = drift_image(host)
+    stale = f"{current.rsplit(':', 1)[0]}:000000000000"
+    host.check_output(f"docker tag {current} {stale}")
+    result = subprocess.run(
+        ["ansible", "modelserve", "-m", "ansible.builtin.include_role",
+         "-a", "name=kafka_drift tasks_from=prune"],
+        cwd=REPO, env=user_environment(), capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    tags = host.check_output(f"docker images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' {stale}")
+    assert tags == "", f"{stale} still there"
+    assert host.run(f"docker image inspect {current}").rc == 0
 
 
 def test_drift_scrape_target_is_up(host) -> None:
