@@ -39,7 +39,6 @@ molecule: images
 # Not part of `make test`: needs the VM converged (make demo) and takes about 5 minutes.
 # See the README's performance section.
 bench: images
-	$(BIN)/pip install --quiet --disable-pip-version-check -r benchmarks/requirements.txt
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 host:
@@ -47,7 +46,8 @@ host:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-model.txt images/torchserve/requirements.txt
+$(VENV)/.installed: requirements.txt requirements-model.txt images/torchserve/requirements.txt \
+		benchmarks/requirements.txt roles/kafka_drift/files/requirements.txt
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-model.txt
 	touch $@

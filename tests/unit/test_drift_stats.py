@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.utils import floatToGoString
 
 DRIFT_DIR = Path(__file__).resolve().parents[2] / "roles" / "kafka_drift" / "files"
 if str(DRIFT_DIR) not in sys.path:
@@ -147,8 +148,7 @@ def test_bucket_merge_and_edge_validation() -> None:
 
 @pytest.mark.parametrize("edge", [0.1, 0.25, 1.0, 2.5, 10.0, 1e6, 123456789.0, -3.5, math.inf])
 def test_le_label_is_written_like_prometheus_client_writes_it(edge: float) -> None:
-    utils = pytest.importorskip("prometheus_client.utils")
-    assert le_label(edge) == utils.floatToGoString(edge)
+    assert le_label(edge) == floatToGoString(edge)
 
 
 # --------------------------------------------------------------------------- PSI
