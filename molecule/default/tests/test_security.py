@@ -6,6 +6,9 @@ import json
 import os
 import socket
 import subprocess
+import time
+
+from conftest import REPO, user_environment
 
 # The only port the stack serves beyond the host's loopback: nginx's public port.
 PUBLIC_PORTS = {80}
@@ -67,6 +70,56 @@ def test_nginx_limits_bodies_and_rate(host) -> None:
     assert "client_max_body_size 16k;" in config
     assert "limit_req zone=predict" in config
     assert "proxy_read_timeout" in config
+
+
+RATE_TEST_DIR = "/tmp/modelserve-rate-limit-test"
+RATE_TEST_CONTAINER = "nginx-rate-limit-test"
+RATE_TEST_PORT = 18099
+TEMPLATE = "roles/nginx/templates/modelserve.conf.j2"
+
+
+def test_rate_limit_answers_429_beyond_the_rate(host) -> None:
+    """The role's server config rendered with 5 req/s and no burst, in a throwaway nginx
+    beside the live one (same image, nginx.conf and upstreams, on the VM's loopback): of 30
+    requests sent back to back, the first is answered by the model and most of the rest
+    get nginx's JSON 429."""
+    host.run(f"docker rm -f {RATE_TEST_CONTAINER}; rm -rf {RATE_TEST_DIR}")
+    host.check_output(f"mkdir -p {RATE_TEST_DIR}/conf.d")
+    host.check_output(f"cp /opt/modelserve/nginx/conf.d/upstreams.conf {RATE_TEST_DIR}/conf.d/")
+    rendered = subprocess.run(
+        ["ansible", "modelserve", "-m", "ansible.builtin.template",
+         "-a", f"src={TEMPLATE} dest={RATE_TEST_DIR}/conf.d/modelserve.conf",
+         "-e", "@roles/nginx/defaults/main.yml", "-e", "@roles/nginx/vars/main.yml",
+         "-e", "nginx_rate_limit_per_second=5", "-e", "nginx_rate_limit_burst=0"],
+        cwd=REPO, env=user_environment(), capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert rendered.returncode == 0, rendered.stdout + rendered.stderr
+    image = host.check_output("docker inspect -f '{{.Config.Image}}' nginx")
+    try:
+        host.check_output(
+            f"docker run -d --name {RATE_TEST_CONTAINER} --network modelserve"
+            f" -p 127.0.0.1:{RATE_TEST_PORT}:80"
+            f" -v /opt/modelserve/nginx/nginx.conf:/etc/nginx/nginx.conf:ro"
+            f" -v {RATE_TEST_DIR}/conf.d:/etc/nginx/conf.d:ro {image}"
+        )
+        url = f"http://127.0.0.1:{RATE_TEST_PORT}"
+        host.check_output(f"timeout 30 sh -c 'until curl -sf {url}/healthz; do sleep 0.5; done'")
+        time.sleep(1)  # a full token for the first request
+        codes = host.check_output(
+            "for i in $(seq 30); do curl -s -o "
+            f"{RATE_TEST_DIR}/answer.$i -w '%{{http_code}} ' -X POST"
+            f" -H 'Content-Type: application/json' -d '{{\"data\": [0.2, 0.6]}}' {url}/predict;"
+            " done"
+        ).split()
+        first_limited = codes.index("429") + 1 if "429" in codes else 1
+        limited_body = host.check_output(f"cat {RATE_TEST_DIR}/answer.{first_limited}")
+    finally:
+        host.run(f"docker rm -f {RATE_TEST_CONTAINER}; rm -rf {RATE_TEST_DIR}")
+    assert codes[0] == "200", codes
+    assert set(codes) <= {"200", "429"}, codes
+    assert codes.count("429") >= 20, codes
+    assert json.loads(limited_body) == {"error": "too many requests"}
 
 
 def instance_address() -> str:
