@@ -43,18 +43,23 @@ def user_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MOLECULE_"))}
 
 
-def run_playbook(playbook: str, *extra: str) -> PlaybookRun:
-    """Run a playbook as a user does: from the repository root, with its ansible.cfg."""
+def run_ansible(*argv: str, timeout: float = 600) -> PlaybookRun:
+    """Run an Ansible command as a user does: from the repository root, with its
+    ansible.cfg (and so its inventory)."""
     result = subprocess.run(
-        ["ansible-playbook", playbook, *extra],
+        argv,
         cwd=REPO,
         env=user_environment(),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         check=False,
     )
     return PlaybookRun(result.returncode, result.stdout + result.stderr)
+
+
+def run_playbook(playbook: str, *extra: str) -> PlaybookRun:
+    return run_ansible("ansible-playbook", playbook, *extra)
 
 
 def predict(

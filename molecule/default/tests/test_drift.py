@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
-from conftest import REPO, user_environment
+from conftest import run_ansible
 
 PROMETHEUS = "http://127.0.0.1:9090"
 NETWORK = "modelserve"
@@ -137,13 +136,11 @@ def test_converge_removes_drift_images_of_earlier_code(host) -> None:
     current = drift_image(host)
     stale = f"{current.rsplit(':', 1)[0]}:000000000000"
     host.check_output(f"docker tag {current} {stale}")
-    result = subprocess.run(
-        ["ansible", "modelserve", "-m", "ansible.builtin.include_role",
-         "-a", "name=kafka_drift tasks_from=prune"],
-        cwd=REPO, env=user_environment(), capture_output=True, text=True, timeout=300,
-        check=False,
+    result = run_ansible(
+        "ansible", "modelserve", "-m", "ansible.builtin.include_role",
+        "-a", "name=kafka_drift tasks_from=prune", timeout=300,
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, result.output
     tags = host.check_output(f"docker images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' {stale}")
     assert tags == "", f"{stale} still there"
     assert host.run(f"docker image inspect {current}").rc == 0

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from conftest import BASE_URL, REFERENCE_INPUT, REPO, user_environment
+from conftest import BASE_URL, REFERENCE_INPUT, REPO, run_ansible
 
 PROMETHEUS = "http://127.0.0.1:9090"
 ALERTMANAGER = "http://127.0.0.1:9093"
@@ -84,12 +84,12 @@ def test_alert_rules_are_loaded(host) -> None:
 def render_with_role_defaults(template: Path, dest: Path) -> None:
     """Template a rules file as the role does, with its defaults (the test bed overrides
     some thresholds; the rules' unit tests are written against the defaults)."""
-    result = subprocess.run(
-        ["ansible", "localhost", "--connection", "local", "-m", "ansible.builtin.template",
-         "-a", f"src={template} dest={dest}", "-e", f"@{REPO}/roles/monitoring/defaults/main.yml"],
-        cwd=REPO, env=user_environment(), capture_output=True, text=True, timeout=120, check=False,
+    result = run_ansible(
+        "ansible", "localhost", "--connection", "local", "-m", "ansible.builtin.template",
+        "-a", f"src={template} dest={dest}", "-e", f"@{REPO}/roles/monitoring/defaults/main.yml",
+        timeout=120,
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, result.output
 
 
 @pytest.mark.parametrize("group", ["serving", "drift"])

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import time
 
-from conftest import REPO, user_environment
+from conftest import run_ansible
 
 # The only port the stack serves beyond the host's loopback: nginx's public port.
 PUBLIC_PORTS = {80}
@@ -86,15 +86,13 @@ def test_rate_limit_answers_429_beyond_the_rate(host) -> None:
     host.run(f"docker rm -f {RATE_TEST_CONTAINER}; rm -rf {RATE_TEST_DIR}")
     host.check_output(f"mkdir -p {RATE_TEST_DIR}/conf.d")
     host.check_output(f"cp /opt/modelserve/nginx/conf.d/upstreams.conf {RATE_TEST_DIR}/conf.d/")
-    rendered = subprocess.run(
-        ["ansible", "modelserve", "-m", "ansible.builtin.template",
-         "-a", f"src={TEMPLATE} dest={RATE_TEST_DIR}/conf.d/modelserve.conf",
-         "-e", "@roles/nginx/defaults/main.yml", "-e", "@roles/nginx/vars/main.yml",
-         "-e", "nginx_rate_limit_per_second=5", "-e", "nginx_rate_limit_burst=0"],
-        cwd=REPO, env=user_environment(), capture_output=True, text=True, timeout=120,
-        check=False,
+    rendered = run_ansible(
+        "ansible", "modelserve", "-m", "ansible.builtin.template",
+        "-a", f"src={TEMPLATE} dest={RATE_TEST_DIR}/conf.d/modelserve.conf",
+        "-e", "@roles/nginx/defaults/main.yml", "-e", "@roles/nginx/vars/main.yml",
+        "-e", "nginx_rate_limit_per_second=5", "-e", "nginx_rate_limit_burst=0", timeout=120,
     )  # fmt: skip
-    assert rendered.returncode == 0, rendered.stdout + rendered.stderr
+    assert rendered.returncode == 0, rendered.output
     image = host.check_output("docker inspect -f '{{.Config.Image}}' nginx")
     try:
         host.check_output(
