@@ -46,7 +46,7 @@ integration: venv
 molecule: images
 	molecule test
 
-# Not part of `make test`: needs the VM converged (make demo) and takes about 5 minutes.
+# Not part of `make test`: needs the VM converged (make demo); takes about 7 minutes.
 # See the README's performance section.
 bench: images
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
