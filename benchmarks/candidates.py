@@ -17,14 +17,14 @@ REPO = Path(__file__).resolve().parent.parent
 TORCHSERVE_DEFAULTS = REPO / "roles" / "torchserve" / "defaults" / "main.yml"
 NGINX_DEFAULTS = REPO / "roles" / "nginx" / "defaults" / "main.yml"
 
-# The load: the same tool, script and duration for every candidate.
+# The load: the same tool, script and duration for every candidate. Every candidate runs
+# once per round, in an order that rotates, so a co-tenant's burst spreads over them.
 CONNECTIONS = (100, 200)
-DURATION_S = 20
+ROUNDS = 5
+DURATION_S = 8
 WARMUP_S = 5
 WRK_THREADS = 2
 WRK_TIMEOUT_S = 5
-# Each measured run starts once fewer sockets than this are in TIME-WAIT (see run.settle).
-SETTLED_TIME_WAIT = 5000
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,12 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -36,6 +39,7 @@ import candidates as cfg
 import jinja2
 import report
 
+T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MODEL_DIR = REPO / "files" / "model"
@@ -81,6 +85,25 @@ def wait_until_serving(url: str, timeout_s: float = 180) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} did not answer 200 within {timeout_s:.0f} s")
         time.sleep(1)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a candidate answers: its container (on this host, or in the VM), the port
+    published on this host's 127.0.0.1, and its own port inside its network namespace."""
+
+    container: str
+    published_port: int
+    inner_port: int
+    path: str
+
+    @property
+    def published_url(self) -> str:
+        return f"http://127.0.0.1:{self.published_port}{self.path}"
+
+    @property
+    def inner_url(self) -> str:
+        return f"http://127.0.0.1:{self.inner_port}{self.path}"
 
 
 # --- the candidates' containers -------------------------------------------------------
@@ -154,7 +177,9 @@ def log_config(settings: cfg.TorchServeSettings) -> str:
     )
 
 
-def start_torchserve(name: str, port: int, work: Path, settings: cfg.TorchServeSettings) -> str:
+def start_torchserve(
+    name: str, port: int, work: Path, settings: cfg.TorchServeSettings
+) -> Endpoint:
     store = write_model_store(work, settings)
     properties = work / "config.properties"
     properties.write_text(torchserve_properties(settings))
@@ -174,19 +199,19 @@ def start_torchserve(name: str, port: int, work: Path, settings: cfg.TorchServeS
         "run", "-d", f"--name={name}", f"--publish=127.0.0.1:{port}:8080", *mounts,
         "--entrypoint=torchserve", TORCHSERVE_IMAGE, "--start", "--foreground", *options,
     )  # fmt: skip
-    return f"http://127.0.0.1:{port}/predictions/{MODEL_NAME}"
+    return Endpoint(name, port, 8080, f"/predictions/{MODEL_NAME}")
 
 
-def start_fastapi(name: str, port: int) -> str:
+def start_fastapi(name: str, port: int) -> Endpoint:
     docker(
         "run", "-d", f"--name={name}", f"--publish=127.0.0.1:{port}:8000",
         f"--mount=type=bind,source={MODEL_DIR},target=/model,readonly",
         FASTAPI_SPEC.tag, "--workers", str(cfg.FASTAPI_WORKERS),
     )  # fmt: skip
-    return f"http://127.0.0.1:{port}/predict"
+    return Endpoint(name, port, 8000, "/predict")
 
 
-def start_nginx_floor(name: str, port: int, work: Path, nginx: cfg.NginxSettings) -> str:
+def start_nginx_floor(name: str, port: int, work: Path, nginx: cfg.NginxSettings) -> Endpoint:
     """nginx with the role's connection settings, answering a fixed JSON body itself."""
     conf = work / "nginx.conf"
     conf.parent.mkdir(parents=True, exist_ok=True)
@@ -215,50 +240,139 @@ http {{
         f"--mount=type=bind,source={conf},target=/etc/nginx/nginx.conf,readonly",
         NGINX_IMAGE,
     )  # fmt: skip
-    return f"http://127.0.0.1:{port}/predict"
+    return Endpoint(name, port, 80, "/predict")
+
+
+# --- request paths: where the load generator stands, which cgroups are counted --------
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_v2() -> bool:
+    return (CGROUP_ROOT / "cgroup.controllers").exists()
+
+
+def container_id(name: str, vm: str | None = None) -> str:
+    argv = ("inspect", "-f", "{{.Id}}", name)
+    return (docker("exec", vm, "docker", *argv) if vm else docker(*argv)).stdout.strip()
+
+
+def cgroup_dir(cid: str) -> Path:
+    """The CPU-accounting cgroup of a container, seen from this host.
+
+    Containers of the VM's Docker are there too: the VM shares this host's cgroup
+    hierarchy (molecule.yml: cgroupns host), so its containers' cgroups sit beside ours.
+    """
+    usage_file = "cpu.stat" if cgroup_v2() else "cpuacct.usage"
+    bases = [CGROUP_ROOT] if cgroup_v2() else [CGROUP_ROOT / "cpuacct", CGROUP_ROOT / "cpu,cpuacct"]
+    for base in bases:
+        for relative in (f"docker/{cid}", f"system.slice/docker-{cid}.scope"):
+            if (base / relative / usage_file).exists():
+                return base / relative
+    for base in bases:
+        for match in base.glob(f"**/*{cid}*"):
+            if (match / usage_file).exists():
+                return match
+    raise RuntimeError(f"no cgroup found for container {cid[:12]} under {CGROUP_ROOT}")
+
+
+def cpu_usage_us(cgroups: list[Path]) -> int:
+    """CPU time used so far by every process of ``cgroups``, in µs."""
+    v2 = cgroup_v2()
+    name = "cpu.stat" if v2 else "cpuacct.usage"
+    return sum(report.parse_cpu_usage_us((c / name).read_text(), v2) for c in cgroups)
+
+
+def a_process_of(cgroup: Path) -> int:
+    """The host PID of one process of ``cgroup``, to enter its network namespace."""
+    pids = (cgroup / "cgroup.procs").read_text().split()
+    if not pids:
+        raise RuntimeError(f"no process in {cgroup}")
+    return int(pids[0])
+
+
+@dataclass
+class Running:
+    """A started candidate: how the load reaches it and what its requests cost."""
+
+    number: int
+    key: str
+    title: str
+    url: str  # as the load generator sees it
+    netns_pid: int | None  # wrk enters this process's network namespace; None: this host's
+    cpu_cgroups: list[Path]  # every process on the request path, the load generator excluded
+    path: str  # for the report
+    samples: dict[int, list[report.Sample]] = field(default_factory=dict)
+
+
+def running(
+    candidate: cfg.Candidate, endpoint: Endpoint, mode: str, path_containers: list[str],
+    vm: str | None = None,
+) -> Running:  # fmt: skip
+    cgroups = [cgroup_dir(container_id(name, vm)) for name in path_containers]
+    where = f"in the VM {vm}" if vm else "on this host"
+    counted = " + ".join(path_containers)
+    if mode == "netns":
+        path = (
+            f"wrk in the network namespace of `{endpoint.container}` ({where}) → "
+            f"127.0.0.1:{endpoint.inner_port}; CPU counted: {counted}"
+        )
+        pid = a_process_of(cgroups[0])
+        return Running(candidate.number, candidate.key, candidate.title, endpoint.inner_url, pid,
+                       cgroups, path)  # fmt: skip
+    proxies = "two docker-proxy hops (this host → VM → nginx)" if vm else "one docker-proxy hop"
+    path = (
+        f"wrk on this host → 127.0.0.1:{endpoint.published_port}, {proxies}; "
+        f"CPU counted: {counted} (the proxies are not)"
+    )
+    return Running(candidate.number, candidate.key, candidate.title, endpoint.published_url,
+                   None, cgroups, path)  # fmt: skip
+
+
+def stack_endpoint(args: argparse.Namespace) -> tuple[Endpoint, list[str]]:
+    """The VM's nginx and the production colour's TorchServe behind it."""
+    fact = docker("exec", args.instance, "cat", "/etc/ansible/facts.d/modelserve.fact")
+    colour = json.loads(fact.stdout)["active_colour"]
+    return Endpoint("nginx", args.stack_port, 80, "/predict"), ["nginx", f"torchserve-{colour}"]
 
 
 # --- load and memory ------------------------------------------------------------------
 
 
-def run_wrk(url: str, connections: int, duration_s: int) -> tuple[report.LoadResult, str]:
+def run_wrk(
+    url: str, connections: int, duration_s: int, netns_pid: int | None
+) -> tuple[report.LoadResult, str]:
     argv = [
         "wrk", "-t", str(cfg.WRK_THREADS), "-c", str(connections), "-d", f"{duration_s}s",
         "--timeout", f"{cfg.WRK_TIMEOUT_S}s", "--latency", "-s", str(POST_SCRIPT), url,
     ]  # fmt: skip
+    if netns_pid is not None:
+        argv = ["nsenter", f"--target={netns_pid}", "--net", *argv]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60, check=True)
     return report.parse_wrk(done.stdout), done.stdout
 
 
-def memory_sample(instance: str | None, names: list[str] | None = None) -> dict[str, int]:
-    """Memory per container: those of the VM ``instance``, or ``names`` on this host."""
+def measure_once(
+    candidate: Running, connections: int, args: argparse.Namespace, tag: str
+) -> report.Sample:
+    before = cpu_usage_us(candidate.cpu_cgroups)
+    load, raw = run_wrk(candidate.url, connections, args.duration, candidate.netns_pid)
+    sample = report.Sample(load, cpu_usage_us(candidate.cpu_cgroups) - before)
+    log(
+        f"  ({candidate.number}) {connections} conns: {load.successful_rps:,.0f} successful "
+        f"req/s, {load.failed} failed, p99 {load.p99_ms:.1f} ms, "
+        f"{sample.cpu_us_per_request or 0:,.0f} CPU-µs/request"
+    )
+    (args.out / "wrk").mkdir(exist_ok=True)
+    (args.out / "wrk" / f"{tag}-{candidate.number}-{connections}.txt").write_text(raw)
+    return sample
+
+
+def memory_sample(instance: str) -> dict[str, int]:
+    """Memory per container of the VM ``instance``."""
     fmt = "{{.Name}}\t{{.MemUsage}}"
-    if instance:
-        out = docker("exec", instance, "docker", "stats", "--no-stream", "--format", fmt)
-    else:
-        out = docker("stats", "--no-stream", "--format", fmt, *(names or []))
+    out = docker("exec", instance, "docker", "stats", "--no-stream", "--format", fmt)
     return report.parse_docker_stats(out.stdout)
-
-
-def time_wait(instance: str | None) -> int:
-    """Sockets in TIME-WAIT on this host, plus in the VM ``instance`` when given."""
-    counts = [subprocess.run(["ss", "-Htan", "state", "time-wait"], capture_output=True, text=True)]
-    if instance:
-        counts.append(docker("exec", instance, "ss", "-Htan", "state", "time-wait", check=False))
-    return sum(len(c.stdout.splitlines()) for c in counts)
-
-
-def settle(instance: str | None) -> None:
-    """Wait (90 s at most) until the connections of the last run have left TIME-WAIT.
-
-    With client keep-alive off (nginx's default here) every request is a new connection
-    from 127.0.0.1, and tens of thousands of them linger in TIME-WAIT for 60 s: a run
-    started right after another would be slowed by the one before, not by its server.
-    """
-    deadline = time.monotonic() + 90
-    while (count := time_wait(instance)) > cfg.SETTLED_TIME_WAIT and time.monotonic() < deadline:
-        time.sleep(2)
-    log(f"  {count} sockets in TIME-WAIT at start")
 
 
 def container_rss(name: str) -> int:
@@ -270,37 +384,19 @@ def container_rss(name: str) -> int:
     return report.parse_rss_kib(top.stdout) * 1024
 
 
-def measure(
-    url: str, args: argparse.Namespace, sampler: threading.Thread | None = None
-) -> dict[int, report.LoadResult]:
-    """Warm up, then one wrk run per connection count; ``sampler`` runs mid-way through
-    the last (highest) one."""
-    run_wrk(url, max(args.connections), args.warmup)
-    runs: dict[int, report.LoadResult] = {}
-    for connections in sorted(args.connections):
-        settle(args.instance)
-        is_last = connections == max(args.connections)
-        if is_last and sampler is not None:
-            sampler.start()
-        result, raw = run_wrk(url, connections, args.duration)
-        if is_last and sampler is not None:
-            sampler.join()
-        runs[connections] = result
-        log(
-            f"  {connections} conns: {result.successful_rps:,.0f} successful req/s, "
-            f"{result.failed} failed, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms"
-        )
-        (args.out / "wrk").mkdir(exist_ok=True)
-        (args.out / "wrk" / f"{args.current}-{connections}.txt").write_text(raw)
-    return runs
-
-
 def delayed(delay_s: float, action: object) -> threading.Thread:
     def body() -> None:
         time.sleep(delay_s)
         action()  # type: ignore[operator]
 
     return threading.Thread(target=body, daemon=True)
+
+
+def rotation(items: list[T], round_index: int) -> list[T]:
+    """The candidates in the order of one round: each round starts one further on, so
+    that no candidate always runs right after the same one."""
+    shift = round_index % len(items) if items else 0
+    return items[shift:] + items[:shift]
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -329,8 +425,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", type=int, nargs="+", choices=range(1, 6), metavar="N")
     parser.add_argument("--connections", type=int, nargs="+", default=list(cfg.CONNECTIONS))
+    parser.add_argument("--rounds", type=int, default=cfg.ROUNDS, help="interleaved rounds")
     parser.add_argument("--duration", type=int, default=cfg.DURATION_S, help="s per wrk run")
     parser.add_argument("--warmup", type=int, default=cfg.WARMUP_S, help="s of warm-up")
+    parser.add_argument(
+        "--path",
+        choices=("netns", "published"),
+        default="netns",
+        help="netns: wrk inside each candidate's network namespace (no proxy on any path); "
+        "published: wrk on this host through the published ports (the test bed's proxies)",
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -349,22 +453,58 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def start_candidates(
+    chosen: list[cfg.Candidate], args: argparse.Namespace, tuned: cfg.TorchServeSettings
+) -> list[Running]:
+    """Start every chosen candidate (they stay up for all rounds) and wait until each serves."""
+    nginx = cfg.nginx_settings()
+    started = []
+    for candidate in chosen:
+        if candidate.number == report.STACK:
+            endpoint, path_containers = stack_endpoint(args)
+            started.append(
+                running(candidate, endpoint, args.path, path_containers, vm=args.instance)
+            )  # fmt: skip
+            continue
+        name = CONTAINER_PREFIX + candidate.key
+        port = HOST_PORT[candidate.number]
+        work = args.out / "work" / candidate.key
+        remove_container(name)
+        log(f"starting ({candidate.number}) {candidate.title}")
+        if candidate.torchserve is not None:
+            endpoint = start_torchserve(name, port, work, candidate.torchserve)
+        elif candidate.key == "fastapi":
+            endpoint = start_fastapi(name, port)
+        else:
+            endpoint = start_nginx_floor(name, port, work, nginx)
+        started.append(running(candidate, endpoint, args.path, [name]))
+    for candidate in started:
+        if candidate.number != report.STACK:
+            wait_until_serving(candidate_published_url(candidate, args))
+    return started
+
+
+def candidate_published_url(candidate: Running, args: argparse.Namespace) -> str:
+    if candidate.number == report.STACK:
+        return f"http://127.0.0.1:{args.stack_port}/predict"
+    path = urllib.parse.urlsplit(candidate.url).path
+    return f"http://127.0.0.1:{HOST_PORT[candidate.number]}{path}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    overrides = dict(item.split("=", 1) for item in args.set)
-    tuned = cfg.tuned_torchserve().override(overrides)
-    nginx = cfg.nginx_settings()
+    tuned = cfg.tuned_torchserve().override(dict(item.split("=", 1) for item in args.set))
     chosen = [c for c in cfg.candidates(tuned) if not args.only or c.number in args.only]
     if shutil.which("wrk") is None:
         sys.exit("bench: wrk is missing (apt-get install wrk)")
-    stack_url = f"http://127.0.0.1:{args.stack_port}/predict"
     if any(c.number == report.STACK for c in chosen):
+        stack_url = f"http://127.0.0.1:{args.stack_port}/predict"
         try:
             wait_until_serving(stack_url, timeout_s=5)
         except TimeoutError:
             sys.exit(
                 f"bench: the stack does not answer on {stack_url}: converge the VM first "
-                "(molecule converge) or set MODELSERVE_INSTANCE and MODELSERVE_HTTP_PORT"
+                "(make demo) or set MODELSERVE_INSTANCE and MODELSERVE_HTTP_PORT"
             )
     if any(c.key == "fastapi" for c in chosen):
         build_images.CACHE.mkdir(exist_ok=True)
@@ -374,114 +514,104 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True)
     info = machine()
     log(f"results in {args.out}; load average {info['load_average_start']}")
-    results: report.Results = {}
     memory: dict[str, dict[str, int]] = {}
     candidate_memory: dict[str, int] = {}
-    for candidate in chosen:
-        args.current = f"{candidate.number}-{candidate.key}"
-        log(f"({candidate.number}) {candidate.title}")
-        if candidate.number == report.STACK:
+    order: list[list[int]] = []
+    started: list[Running] = []
+    try:
+        started = start_candidates(chosen, args, tuned)
+        if any(c.number == report.STACK for c in started):
             memory["idle"] = memory_sample(args.instance)
-
-            def sample_stack() -> None:
-                memory["under load"] = memory_sample(args.instance)
-
-            results[candidate.number] = measure(
-                stack_url, args, delayed(args.duration / 2, sample_stack)
-            )
-            continue
-        name = CONTAINER_PREFIX + candidate.key
-        port = HOST_PORT[candidate.number]
-        work = args.out / "work" / candidate.key
-        remove_container(name)
-        try:
-            if candidate.torchserve is not None:
-                url = start_torchserve(name, port, work, candidate.torchserve)
-            elif candidate.key == "fastapi":
-                url = start_fastapi(name, port)
-            else:
-                url = start_nginx_floor(name, port, work, nginx)
-            wait_until_serving(url)
-
-            def sample_candidate(key: str = candidate.key, container: str = name) -> None:
-                candidate_memory[key] = container_rss(container)
-
-            results[candidate.number] = measure(
-                url, args, delayed(args.duration / 2, sample_candidate)
-            )
-        finally:
-            logs = docker("logs", "--tail", "300", name, check=False)
-            (args.out / "logs").mkdir(exist_ok=True)
-            (args.out / "logs" / f"{args.current}.log").write_text(logs.stdout + logs.stderr)
-            remove_container(name)
+        for candidate in started:
+            log(f"warm-up ({candidate.number}) {candidate.title}")
+            run_wrk(candidate.url, max(args.connections), args.warmup, candidate.netns_pid)
+        for round_index in range(args.rounds):
+            this_round = rotation(started, round_index)
+            order.append([c.number for c in this_round])
+            log(f"round {round_index + 1}/{args.rounds}: order {order[-1]}")
+            for candidate in this_round:
+                for connections in sorted(args.connections):
+                    sampler = None
+                    if round_index == 0 and connections == max(args.connections):
+                        sampler = memory_sampler(candidate, args, memory, candidate_memory)
+                        sampler.start()
+                    sample = measure_once(candidate, connections, args, f"r{round_index + 1}")
+                    candidate.samples.setdefault(connections, []).append(sample)
+                    if sampler is not None:
+                        sampler.join()
+    finally:
+        for candidate in chosen:
+            if candidate.number != report.STACK:
+                name = CONTAINER_PREFIX + candidate.key
+                logs = docker("logs", "--tail", "300", name, check=False)
+                (args.out / "logs").mkdir(exist_ok=True)
+                (args.out / "logs" / f"{candidate.number}-{candidate.key}.log").write_text(
+                    logs.stdout + logs.stderr
+                )
+                remove_container(name)
 
     info["load_average_end"] = os.getloadavg()
-    titles = {c.number: c.title for c in chosen}
-    peak = max((sum(m.values()) for m in memory.values()), default=None)
-    checks = report.targets(results, peak)
-    settings = {
-        "torchserve_reference": cfg.REFERENCE_TORCHSERVE.__dict__,
-        "torchserve_tuned": tuned.__dict__,
-        "fastapi_workers": cfg.FASTAPI_WORKERS,
-        "nginx": nginx.__dict__,
-        "load": {
-            "tool": "wrk + benchmarks/post.lua",
-            "threads": cfg.WRK_THREADS,
-            "connections": sorted(args.connections),
-            "duration_s": args.duration,
-            "warmup_s": args.warmup,
-            "timeout_s": cfg.WRK_TIMEOUT_S,
-        },
-    }
-    (args.out / "results.json").write_text(
-        json.dumps(
-            {
-                "label": args.label,
-                "machine": info,
-                "settings": settings,
-                "results": {
-                    str(n): {
-                        "title": titles[n],
-                        "runs": {str(c): r.as_dict() for c, r in runs.items()},
-                    }
-                    for n, runs in results.items()
-                },
-                "stack_memory_bytes": memory,
-                "candidate_memory_under_load_bytes": candidate_memory,
-                "targets": [t.__dict__ for t in checks],
+    data = {
+        "run": args.out.name,
+        "label": args.label,
+        "machine": info,
+        "settings": {
+            "torchserve_reference": cfg.REFERENCE_TORCHSERVE.__dict__,
+            "torchserve_tuned": tuned.__dict__,
+            "fastapi_workers": cfg.FASTAPI_WORKERS,
+            "nginx": cfg.nginx_settings().__dict__,
+            "load": {
+                "tool": "wrk + benchmarks/post.lua",
+                "threads": cfg.WRK_THREADS,
+                "connections": sorted(args.connections),
+                "rounds": args.rounds,
+                "duration_s": args.duration,
+                "warmup_s": args.warmup,
+                "timeout_s": cfg.WRK_TIMEOUT_S,
+                "path": args.path,
             },
-            indent=2,
-        )
-        + "\n"
-    )
-    markdown = "\n\n".join(
-        [
-            f"# Benchmark {args.out.name}" + (f": {args.label}" if args.label else ""),
-            f"Machine: {info['cpus']} CPUs, {info['memory_gib']} GiB, {info['os']}, "
-            f"kernel {info['kernel']}; load average at start {info['load_average_start']}, "
-            f"at end {info['load_average_end']}. Load: wrk, {cfg.WRK_THREADS} threads, "
-            f"{args.duration} s per run after a {args.warmup} s warm-up, POST of "
-            '`{"data": [0.2, 0.6]}`.',
-            f"Tuned TorchServe (4): `{tuned}`",
-            report.results_table(titles, results),
-            report.ratios_table(results),
-            report.targets_table(checks),
-            report.memory_table(memory) if memory else "Stack memory: not measured.",
-            "Candidates' RSS under load (MiB): "
-            + (
-                ", ".join(f"{k} {v / 1024**2:,.0f}" for k, v in candidate_memory.items())
-                or "not measured"
-            ),
-        ]
-    )
-    (args.out / "results.md").write_text(markdown + "\n")
+        },
+        "order": order,
+        "candidates": {
+            str(c.number): {
+                "title": c.title,
+                "path": c.path,
+                "runs": {str(n): [s.as_dict() for s in runs] for n, runs in c.samples.items()},
+            }
+            for c in started
+        },
+        "stack_memory_bytes": memory,
+        "candidate_memory_under_load_bytes": candidate_memory,
+    }
+    (args.out / "results.json").write_text(json.dumps(data, indent=2) + "\n")
+    markdown = report.render(data)
+    (args.out / "results.md").write_text(f"# Benchmark {args.out.name}\n\n{markdown}")
+    titles, results = report.results_from_json(data)
     try:
         report.write_chart(args.out / "chart.png", titles, results)
     except ImportError:
         log("matplotlib is missing: no chart (pip install -r benchmarks/requirements.txt)")
     print(markdown)
     log(f"written {args.out}/results.md, results.json, chart.png")
+    log(f"publish it in benchmarks/README.md: python benchmarks/report.py publish {args.out}")
     return 0
+
+
+def memory_sampler(
+    candidate: Running,
+    args: argparse.Namespace,
+    memory: dict[str, dict[str, int]],
+    candidate_memory: dict[str, int],
+) -> threading.Thread:
+    """Samples memory mid-way through the candidate's first run at the most connections."""
+
+    def sample() -> None:
+        if candidate.number == report.STACK:
+            memory["under load"] = memory_sample(args.instance)
+        else:
+            candidate_memory[candidate.key] = container_rss(CONTAINER_PREFIX + candidate.key)
+
+    return delayed(args.duration / 2, sample)
 
 
 if __name__ == "__main__":

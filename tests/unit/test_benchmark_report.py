@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -100,35 +101,87 @@ def test_parse_rss_kib() -> None:
     assert report.parse_rss_kib("") == 0
 
 
-def full_run() -> report.Results:
+def sample(rps: float, failed: int = 0, p99_ms: float = 50.0, cpu_us_per_request: float = 100.0):
+    load = result(rps, failed, p99_ms)
+    return report.Sample(load, cpu_us_per_request * load.successful)
+
+
+def full_run(rounds: int = 3) -> report.Results:
+    """Five candidates, the same figures in every round."""
+    figures = {
+        1: {100: (8000, 0, 10, 20), 200: (8000, 0, 10, 20)},
+        2: {100: (1600, 0, 90, 400), 200: (900, 9000, 900, 500)},
+        3: {100: (1000, 0, 60, 600), 200: (1000, 0, 80, 600)},
+        4: {100: (2500, 0, 40, 300), 200: (2500, 0, 50, 300)},
+        5: {100: (2200, 0, 80, 330), 200: (2100, 0, 90, 340)},
+    }
     return {
-        1: {100: result(8000), 200: result(8000)},
-        2: {100: result(1600), 200: result(900, failed=9000)},
-        3: {100: result(1000), 200: result(1000)},
-        4: {100: result(2500), 200: result(2500)},
-        5: {100: result(2200, p99_ms=80), 200: result(2100)},
+        n: {c: [sample(*f) for _ in range(rounds)] for c, f in runs.items()}
+        for n, runs in figures.items()
     }
 
 
-def test_ratio_uses_successful_requests() -> None:
+def test_sample_cpu_per_successful_request() -> None:
+    load = report.LoadResult(1000, 10.0, 200, 1, 1, 1, 1)
+    assert report.Sample(load, 80_000).cpu_us_per_request == 100
+    assert report.Sample(load, None).cpu_us_per_request is None
+    assert report.Sample(report.LoadResult(5, 1.0, 5, 1, 1, 1, 1), 9).cpu_us_per_request is None
+
+
+@pytest.mark.parametrize(
+    ("text", "v2", "expected"),
+    [
+        ("123456789\n", False, 123456),
+        ("usage_usec 42\nuser_usec 30\nsystem_usec 12\n", True, 42),
+    ],
+)
+def test_parse_cpu_usage_of_both_cgroup_versions(text: str, v2: bool, expected: int) -> None:
+    assert report.parse_cpu_usage_us(text, v2) == expected
+
+
+def test_parse_cpu_usage_refuses_a_cpu_stat_without_usage() -> None:
+    with pytest.raises(ValueError, match="usage_usec"):
+        report.parse_cpu_usage_us("user_usec 30\n", True)
+
+
+def test_ratios_are_computed_round_by_round() -> None:
     results = full_run()
-    assert report.ratio(results, 5, 2, 200) == pytest.approx(2100 / 900)
-    assert report.ratio(results, 5, 1, 100) == pytest.approx(2200 / 8000)
-    assert report.ratio(results, 5, 2, 300) is None
-    assert report.ratio({5: {200: result(10)}}, 5, 2, 200) is None
+    # Round 2: a co-tenant slowed both (4) and (5) alike; the ratio of that round holds.
+    results[4][200][1] = sample(1250, cpu_us_per_request=300)
+    results[5][200][1] = sample(1050, cpu_us_per_request=340)
+    assert report.round_ratios(results, 5, 4, 200, "successful_rps") == pytest.approx(
+        [2100 / 2500, 1050 / 1250, 2100 / 2500]
+    )
+    spread = report.ratio_spread(results, 5, 4, 200)
+    assert (spread.median, spread.low, spread.high) == pytest.approx((0.84, 0.84, 0.84))
+    cpu = report.ratio_spread(results, 5, 4, 200, "cpu_us_per_request")
+    assert cpu.median == pytest.approx(340 / 300)
+    assert report.ratio_spread(results, 5, 2, 300) is None
+    assert report.ratio_spread({5: {200: [sample(10)]}}, 5, 2, 200) is None
+
+
+def test_spread_is_median_min_max_of_the_rounds() -> None:
+    results = {5: {100: [sample(900), sample(1000), sample(3000)]}}
+    spread = report.spread(results, 5, 100, "successful_rps")
+    assert (spread.median, spread.low, spread.high, spread.n) == (1000, 900, 3000, 3)
+    assert report.Spread.of([None, None]) is None
 
 
 def test_targets_all_met() -> None:
     checks = report.targets(full_run(), memory_peak_bytes=2 * 1024**3)
     assert [t.met for t in checks] == [True] * 6
+    assert not any(t.spread_crosses for t in checks)
 
 
 def test_targets_report_what_is_missed_or_not_measured() -> None:
     results = full_run()
-    results[5] = {100: result(900, p99_ms=150), 200: result(800, failed=3)}
+    results[5] = {
+        100: [sample(900, p99_ms=150)],
+        200: [sample(800, failed=3, cpu_us_per_request=500)],
+    }
     checks = {t.name: t for t in report.targets(results, memory_peak_bytes=None)}
-    assert checks["(5) failed requests at 200 connections"].met is False
-    assert checks["(5)/(2) successful req/s at 200 connections"].met is False
+    assert checks["(5) failed requests, all rounds and connections"].met is False
+    assert checks["(5)/(4) CPU-µs per request at 200 connections"].met is False
     assert checks["(5)/(3) successful req/s at 200 connections"].met is False
     assert checks["(5) p99 at 100 connections, ms"].met is False
     assert checks["stack memory, idle or under load, GiB"].met is None
@@ -136,24 +189,107 @@ def test_targets_report_what_is_missed_or_not_measured() -> None:
     assert all(t.met is None for t in report.targets(results, None))
 
 
+def test_a_target_says_when_rounds_fall_on_both_sides() -> None:
+    results = full_run()
+    # (5)/(3) at 200 connections per round: 2.1, 1.1, 2.1: median met, one round not.
+    results[3][200][1] = sample(1900)
+    check = next(t for t in report.targets(results, None) if t.name.startswith("(5)/(3)"))
+    assert check.met is True and check.spread_crosses is True
+    assert "some rounds on the other side" in report.targets_table([check])
+
+
 def test_tables() -> None:
     results = full_run()
+    results[2][200][0] = sample(700, failed=9000, p99_ms=700, cpu_us_per_request=450)
     titles = {n: f"candidate {n}" for n in results}
     table = report.results_table(titles, results)
     assert table.count("\n") == 2 + 2 * 5 - 1
-    assert "| 2 | candidate 2 | 200 | 1,800 | 900 | 9,000 |" in table
+    assert (
+        "| 2 | candidate 2 | 200 | 3 | 900 (700-900) | 500 (450-500) | "
+        "900.0 (700.0-900.0) | 27,000 |" in table
+    )
     ratios = report.ratios_table(results)
-    assert "| (5)/(2) | 1.38 | 2.33 |" in ratios
+    assert "| (5)/(4) | 0.88 | 1.10 | 0.84 | 1.13 |" in ratios
     targets = report.targets_table(report.targets(results, None))
     assert "not measured" in targets and "**no**" not in targets
     memory = report.memory_table({"idle": {"a": 1024**2}, "under load": {"a": 3 * 1024**2}})
     assert "| a | 1 | 3 |" in memory and "| sum | **1** | **3** |" in memory
 
 
+def results_json(results: report.Results) -> dict:
+    return {
+        "run": "20261130T000000Z",
+        "label": "",
+        "machine": {
+            "cpus": 2, "memory_gib": 23.5, "os": "Debian", "kernel": "6",
+            "load_average_start": [1.0, 1.0, 1.0], "load_average_end": [2.0, 2.0, 2.0],
+        },
+        "settings": {
+            "torchserve_tuned": {"workers": 1, "batch_size": 16},
+            "load": {"threads": 2, "rounds": 3, "duration_s": 8, "path": "netns"},
+        },
+        "candidates": {
+            str(n): {
+                "title": f"candidate {n}",
+                "path": f"path of {n}",
+                "runs": {str(c): [s.as_dict() for s in samples] for c, samples in runs.items()},
+            }
+            for n, runs in results.items()
+        },
+        "stack_memory_bytes": {"idle": {"nginx": 1024**2}},
+    }  # fmt: skip
+
+
+def test_results_json_round_trips_into_the_report() -> None:
+    results = full_run()
+    data = json.loads(json.dumps(results_json(results)))
+    titles, loaded = report.results_from_json(data)
+    assert loaded == results
+    assert titles[5] == "candidate 5"
+    markdown = report.render(data)
+    assert "- (5) candidate 5: path of 5" in markdown
+    assert report.results_table(titles, results) in markdown
+    assert report.targets_table(report.targets(results, 1024**2)) in markdown
+
+
+def test_publish_writes_latest_and_the_readme_section(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text(json.dumps(results_json(full_run())))
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        f"# Bench\n\n{report.README_BEGIN}\nold table\n{report.README_END}\n\nTail.\n"
+    )
+    latest = tmp_path / "latest.json"
+    report.publish(run_dir, latest, readme)
+    text = readme.read_text()
+    assert "old table" not in text and text.endswith(f"{report.README_END}\n\nTail.\n")
+    assert report.render(json.loads(latest.read_text())) in text
+    with pytest.raises(ValueError, match="markers"):
+        report.readme_with_results("no markers here", "table")
+
+
+def test_the_readme_shows_the_published_results_unedited() -> None:
+    """benchmarks/README.md's table is what report.py renders from latest.json."""
+    published = json.loads(report.LATEST.read_text())
+    readme = report.README.read_text()
+    assert report.readme_with_results(readme, report.render(published)) == readme
+
+
 def test_chart_is_a_png(tmp_path: Path) -> None:
     path = tmp_path / "chart.png"
     report.write_chart(path, {n: f"c{n}" for n in range(1, 6)}, full_run())
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rounds_rotate_the_order() -> None:
+    sys.path.insert(0, str(BENCH_DIR.parent / "tools"))
+    import run
+
+    items = [1, 2, 3]
+    orders = [run.rotation(items, r) for r in range(4)]
+    assert orders == [[1, 2, 3], [2, 3, 1], [3, 1, 2], [1, 2, 3]]
+    assert run.rotation([], 2) == []
 
 
 def test_tuned_settings_come_from_the_role_defaults() -> None:
