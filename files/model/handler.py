@@ -7,9 +7,11 @@ gets a 500 for that request alone. Nothing escapes ``handle``: TorchServe would 
 request of the batch with 503. Valid rows go through the model in one forward pass; if that
 pass fails, each row goes through alone, so a row that breaks the batch fails by itself.
 
-What the model is asked is exported for drift detection (``InputStatistics``): per
+What production is asked is exported for drift detection (``InputStatistics``): per
 feature, counters of values, positive and negative sums, sum of squares and per-bucket
-counts, which Prometheus adds up across workers and colours.
+counts, which Prometheus adds up across workers and colours. Only rows that came through
+nginx's production route count (its ``X-Modelserve-Route`` header): smoke and load tests
+of the idle colour, on /test/predict or a colour's own port, do not.
 
 TorchServe takes a handler module with exactly one class, or a module-level ``handle``
 function. This module has several classes, so it exposes ``handle``; TorchServe calls
@@ -67,6 +69,10 @@ DEFAULT_FEATURES = ("x1", "x2")
 DEFAULT_BUCKET_EDGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DEFAULT_FLUSH_INTERVAL_S = 1.0
 METRIC_PREFIX = "modelserve_input_"
+# nginx sets this header on every request it proxies, replacing any a client sent: the
+# route's name ("production" for /predict, "test" for /test/predict).
+ROUTE_HEADER = "x-modelserve-route"
+PRODUCTION_ROUTE = "production"
 # The body of a request that failed for a reason other than its input (logged in full).
 INTERNAL_ERROR = "internal error while answering this request"
 
@@ -164,6 +170,16 @@ def request_body(request: object) -> object:
     raise InvalidRequest(
         "request body is empty (a form-encoded body arrives empty: "
         "send it with Content-Type: application/json)"
+    )
+
+
+def from_production(context: Context, idx: int) -> bool:
+    """Whether request ``idx`` came through nginx's production route (/predict)."""
+    headers = context.get_all_request_header(idx)
+    # TorchServe hands header names over as the proxy wrote them; HTTP ignores their case.
+    return any(
+        isinstance(name, str) and name.lower() == ROUTE_HEADER and value == PRODUCTION_ROUTE
+        for name, value in headers.items()
     )
 
 
@@ -370,11 +386,16 @@ class LinearRegressorHandler:
         answers: list[Answer] = [{} for _ in data]
         rows: list[Row] = []
         indexes: list[int] = []
+        production: set[int] = set()
         for idx, request in enumerate(data):
             try:
                 context.set_response_content_type(idx, "application/json")
-                rows.append(parse_row(request_body(request)))
+                row = parse_row(request_body(request))
+                counted = from_production(context, idx)
+                rows.append(row)
                 indexes.append(idx)
+                if counted:
+                    production.add(idx)
             except Exception as err:
                 answers[idx] = self._error(context, idx, err)
         logger.debug("batch of %d requests, %d valid", len(data), len(rows))
@@ -389,9 +410,10 @@ class LinearRegressorHandler:
                 answers[idx] = self._error(context, idx, output)
             else:
                 answers[idx] = {"output": output}
-                answered.append(row)
+                if idx in production:
+                    answered.append(row)
         try:
-            # What the model answered is what it was asked, for drift detection.
+            # What the model answered in production is what it was asked, for drift detection.
             self.input_statistics.observe(answered)
         except Exception:  # the answers are ready: statistics must not fail them
             logger.exception("could not count the inputs of a batch")

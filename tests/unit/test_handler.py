@@ -59,10 +59,15 @@ def expected(x1: float, x2: float) -> float:
     return WEIGHT[0] * x1 + WEIGHT[1] * x2 + BIAS
 
 
-def make_context(batch_size: int) -> Context:
-    """A real TorchServe Context with one RequestProcessor per request, as Service.predict."""
+# What nginx's /predict adds to every request it proxies (roles/nginx).
+PRODUCTION = {"X-Modelserve-Route": "production"}
+
+
+def make_context(batch_size: int, headers: dict[str, str] | None = None) -> Context:
+    """A real TorchServe Context with one RequestProcessor per request, as Service.predict;
+    each request with the given HTTP headers."""
     context = Context("model", str(MODEL_DIR), {}, 8, None, "0.12.0")
-    context.request_processor = [RequestProcessor({}) for _ in range(batch_size)]
+    context.request_processor = [RequestProcessor(dict(headers or {})) for _ in range(batch_size)]
     return context
 
 
@@ -97,8 +102,12 @@ def spied(loaded: LinearRegressorHandler) -> LinearRegressorHandler:
     return service
 
 
-def run(service: LinearRegressorHandler, requests: list[object]) -> tuple[list, Context]:
-    context = make_context(len(requests))
+def run(
+    service: LinearRegressorHandler,
+    requests: list[object],
+    headers: dict[str, str] | None = None,
+) -> tuple[list, Context]:
+    context = make_context(len(requests), headers)
     return service.handle(requests, context), context
 
 
@@ -248,7 +257,7 @@ def test_only_answered_rows_reach_the_input_statistics(loaded: LinearRegressorHa
         {"body": b'{"data": [3e38, 3e38]}'},  # 400: overflows the weighted sum
         {"body": REFERENCE_BODY},
     ]
-    run(service, requests)
+    run(service, requests, PRODUCTION)
     stats = service.input_statistics
     assert stats.count == 2
     assert stats.positive == pytest.approx([1.2, 2.6])
@@ -279,7 +288,7 @@ def test_a_row_that_breaks_the_forward_pass_fails_alone_with_500(
     service.model = PoisonedModel(loaded.model)
     poison = json.dumps({"data": PoisonedModel.POISON})
     requests = [{"body": REFERENCE_BODY}, {"body": poison}, {"body": b'{"data": [1, 2]}'}]
-    answers, context = run(service, requests)
+    answers, context = run(service, requests, PRODUCTION)
     assert [status(context, i) for i in range(3)] == [200, 500, 200]
     assert answers[1] == {"error": handler.INTERNAL_ERROR}
     assert abs(answers[0]["output"] - REFERENCE_OUTPUT) <= TOLERANCE
@@ -339,6 +348,31 @@ def test_bodies_python_json_cannot_read_get_400(
     answers, context = run(loaded, [{"body": raw}, {"body": REFERENCE_BODY}])
     assert [status(context, i) for i in range(2)] == [400, 200]
     assert words in answers[0]["error"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "counted"),
+    [
+        (PRODUCTION, 2),
+        ({"x-modelserve-route": "production"}, 2),  # header names are case-insensitive
+        ({"X-Modelserve-Route": "test"}, 0),  # nginx's /test/predict: the idle colour
+        ({}, 0),  # a colour's own port: swap.yml's smoke test
+        ({"X-Modelserve-Route": "Production"}, 0),
+    ],
+    ids=["production", "lower-case name", "test route", "no header", "other value"],
+)
+def test_only_production_requests_count_for_drift(
+    loaded: LinearRegressorHandler, headers: dict[str, str], counted: int
+) -> None:
+    service = LinearRegressorHandler()
+    service.model = loaded.model
+    answers, context = run(
+        service, [{"body": REFERENCE_BODY}, {"body": b'{"data": [1, 2]}'}], headers
+    )
+    # Every route gets its answers; only production's rows reach the statistics.
+    assert [status(context, i) for i in range(2)] == [200, 200]
+    assert abs(answers[0]["output"] - REFERENCE_OUTPUT) <= TOLERANCE
+    assert service.input_statistics.count == counted
 
 
 # --- the module-level entry point TorchServe calls --------------------------------------
