@@ -182,7 +182,8 @@ def expected_row(request: Request) -> list[float] | None:
     row = document["data"]
     if len(row) != 2 or any(isinstance(v, bool) or not isinstance(v, int | float) for v in row):
         return None
-    if any(not math.isfinite(v) or abs(v) > FLOAT32_MAX for v in row):
+    # The range first: math.isfinite cannot take an integer beyond float64.
+    if any(abs(v) > FLOAT32_MAX or not math.isfinite(v) for v in row):
         return None
     # Past float32's range the model answers inf, which the handler refuses.
     terms = [WEIGHT[0] * row[0], WEIGHT[1] * row[1], expected(*row)]
