@@ -1,12 +1,17 @@
 """TorchServe handler for LinearRegressor: ``{"data": [x1, x2]}`` in, ``{"output": y}`` out.
 
-Every request of a batch is validated on its own. Valid rows go through the model in one
-forward pass; an invalid request gets HTTP 400 and ``{"error": "..."}`` for its index
-only, so one bad client never fails the others of its batch, nor the worker.
+Every request of a batch is decoded, validated and answered on its own: a request can only
+ever fail itself. What is wrong with what the client sent gets HTTP 400 and
+``{"error": "..."}`` for its index only; any other exception while handling one request
+gets a 500 for that request alone. Nothing escapes ``handle``: TorchServe would answer every
+request of the batch with 503. Valid rows go through the model in one forward pass; if that
+pass fails, each row goes through alone, so a row that breaks the batch fails by itself.
 
-What the model is asked is exported for drift detection (``InputStatistics``): per
+What production is asked is exported for drift detection (``InputStatistics``): per
 feature, counters of values, positive and negative sums, sum of squares and per-bucket
-counts, which Prometheus adds up across workers and colours.
+counts, which Prometheus adds up across workers and colours. Only rows that came through
+nginx's production route count (its ``X-Modelserve-Route`` header): smoke and load tests
+of the idle colour, on /test/predict or a colour's own port, do not.
 
 TorchServe takes a handler module with exactly one class, or a module-level ``handle``
 function. This module has several classes, so it exposes ``handle``; TorchServe calls
@@ -64,6 +69,12 @@ DEFAULT_FEATURES = ("x1", "x2")
 DEFAULT_BUCKET_EDGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DEFAULT_FLUSH_INTERVAL_S = 1.0
 METRIC_PREFIX = "modelserve_input_"
+# nginx sets this header on every request it proxies, replacing any a client sent: the
+# route's name ("production" for /predict, "test" for /test/predict).
+ROUTE_HEADER = "x-modelserve-route"
+PRODUCTION_ROUTE = "production"
+# The body of a request that failed for a reason other than its input (logged in full).
+INTERNAL_ERROR = "internal error while answering this request"
 
 
 class InvalidRequest(ValueError):
@@ -92,8 +103,16 @@ def decode_body(raw: object) -> object:
         raise InvalidRequest("request body is empty")
     try:
         return json.loads(raw, parse_constant=_reject_constant)
+    except InvalidRequest:
+        raise
     except json.JSONDecodeError as err:
         raise InvalidRequest(f"request body is not valid JSON: {err.msg}") from None
+    except RecursionError:
+        # json's scanner recurses once per array or object level.
+        raise InvalidRequest("request body nests arrays or objects too deeply") from None
+    except ValueError:
+        # Python reads no integer of more than sys.get_int_max_str_digits() (4300) digits.
+        raise InvalidRequest("request body has an integer with too many digits") from None
 
 
 def _json_type(value: object) -> str:
@@ -151,6 +170,16 @@ def request_body(request: object) -> object:
     raise InvalidRequest(
         "request body is empty (a form-encoded body arrives empty: "
         "send it with Content-Type: application/json)"
+    )
+
+
+def from_production(context: Context, idx: int) -> bool:
+    """Whether request ``idx`` came through nginx's production route (/predict)."""
+    headers = context.get_all_request_header(idx)
+    # TorchServe hands header names over as the proxy wrote them; HTTP ignores their case.
+    return any(
+        isinstance(name, str) and name.lower() == ROUTE_HEADER and value == PRODUCTION_ROUTE
+        for name, value in headers.items()
     )
 
 
@@ -329,38 +358,76 @@ class LinearRegressorHandler:
             raise RuntimeError("handler used before initialize()")
         with torch.inference_mode():
             outputs = self.model(torch.tensor(rows, dtype=torch.float32))
-        return outputs.reshape(-1).tolist()
+        values = [float(value) for value in outputs.reshape(-1).tolist()]
+        if len(values) != len(rows):
+            raise RuntimeError(f"the model gave {len(values)} outputs for {len(rows)} rows")
+        return values
+
+    def predict_each(self, rows: list[Row]) -> list[float | Exception]:
+        """The output of each row, or the exception that row alone raises.
+
+        One forward pass for the batch; only if it fails, one pass per row, so that a row
+        that breaks the batch fails by itself and the others are answered.
+        """
+        try:
+            return list(self.predict(rows))
+        except Exception:
+            logger.exception("forward pass over %d rows failed; retrying row by row", len(rows))
+        outputs: list[float | Exception] = []
+        for row in rows:
+            try:
+                outputs.append(self.predict([row])[0])
+            except Exception as err:
+                outputs.append(err)
+        return outputs
 
     def handle(self, data: list[Any], context: Context) -> list[Answer]:
         """Answer every request of ``data``, in order: ``{"output": y}`` or ``{"error": ...}``."""
         answers: list[Answer] = [{} for _ in data]
         rows: list[Row] = []
         indexes: list[int] = []
+        production: set[int] = set()
         for idx, request in enumerate(data):
-            context.set_response_content_type(idx, "application/json")
             try:
-                rows.append(parse_row(request_body(request)))
+                context.set_response_content_type(idx, "application/json")
+                row = parse_row(request_body(request))
+                counted = from_production(context, idx)
+                rows.append(row)
                 indexes.append(idx)
-            except InvalidRequest as err:
-                answers[idx] = self._reject(context, idx, str(err))
+                if counted:
+                    production.add(idx)
+            except Exception as err:
+                answers[idx] = self._error(context, idx, err)
         logger.debug("batch of %d requests, %d valid", len(data), len(rows))
-        if rows:
-            answered: list[Row] = []
-            for idx, row, output in zip(indexes, rows, self.predict(rows), strict=True):
+        if not rows:
+            return answers
+        answered: list[Row] = []
+        for idx, row, output in zip(indexes, rows, self.predict_each(rows), strict=True):
+            if not isinstance(output, Exception) and not math.isfinite(output):
                 # Inputs within float32 range can still overflow in the weighted sum.
-                if math.isfinite(output):
-                    answers[idx] = {"output": output}
+                output = InvalidRequest("inputs overflow the model")
+            if isinstance(output, Exception):
+                answers[idx] = self._error(context, idx, output)
+            else:
+                answers[idx] = {"output": output}
+                if idx in production:
                     answered.append(row)
-                else:
-                    answers[idx] = self._reject(context, idx, "inputs overflow the model")
-            # What the model answered is what it was asked, for drift detection.
+        try:
+            # What the model answered in production is what it was asked, for drift detection.
             self.input_statistics.observe(answered)
+        except Exception:  # the answers are ready: statistics must not fail them
+            logger.exception("could not count the inputs of a batch")
         return answers
 
     @staticmethod
-    def _reject(context: Context, idx: int, message: str) -> Answer:
-        """Mark request ``idx`` as a 400 and give its error body."""
-        context.set_response_status(code=400, phrase="Bad Request", idx=idx)
+    def _error(context: Context, idx: int, err: Exception) -> Answer:
+        """Request ``idx``'s own error: 400 for what its client sent, 500 for anything else."""
+        if isinstance(err, InvalidRequest):
+            code, phrase, message = 400, "Bad Request", str(err)
+        else:
+            logger.error("request %d of a batch failed", idx, exc_info=err)
+            code, phrase, message = 500, "Internal Server Error", INTERNAL_ERROR
+        context.set_response_status(code=code, phrase=phrase, idx=idx)
         return {"error": message}
 
 

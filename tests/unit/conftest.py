@@ -3,8 +3,12 @@ where it runs: the model delivery (inside TorchServe) and the locustfile's helpe
 
 from __future__ import annotations
 
+import os
 import sys
+from datetime import timedelta
 from pathlib import Path
+
+from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / "files" / "model"
@@ -13,3 +17,15 @@ SHIPPED_DIRS = (MODEL_DIR, REPO / "roles" / "locust" / "files")
 for directory in SHIPPED_DIRS:
     if str(directory) not in sys.path:
         sys.path.insert(0, str(directory))
+
+# Property-based tests stay bounded: `make unit` must stay fast. HYPOTHESIS_PROFILE=thorough
+# searches longer, e.g. after a change to the handler's parsing.
+settings.register_profile(
+    "unit",
+    max_examples=150,
+    deadline=timedelta(seconds=2),
+    # Hostile bodies are large on purpose (20,000 levels, 20,000 digits).
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("thorough", settings.get_profile("unit"), max_examples=5000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "unit"))

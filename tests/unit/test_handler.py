@@ -59,10 +59,15 @@ def expected(x1: float, x2: float) -> float:
     return WEIGHT[0] * x1 + WEIGHT[1] * x2 + BIAS
 
 
-def make_context(batch_size: int) -> Context:
-    """A real TorchServe Context with one RequestProcessor per request, as Service.predict."""
+# What nginx's /predict adds to every request it proxies (roles/nginx).
+PRODUCTION = {"X-Modelserve-Route": "production"}
+
+
+def make_context(batch_size: int, headers: dict[str, str] | None = None) -> Context:
+    """A real TorchServe Context with one RequestProcessor per request, as Service.predict;
+    each request with the given HTTP headers."""
     context = Context("model", str(MODEL_DIR), {}, 8, None, "0.12.0")
-    context.request_processor = [RequestProcessor({}) for _ in range(batch_size)]
+    context.request_processor = [RequestProcessor(dict(headers or {})) for _ in range(batch_size)]
     return context
 
 
@@ -97,8 +102,12 @@ def spied(loaded: LinearRegressorHandler) -> LinearRegressorHandler:
     return service
 
 
-def run(service: LinearRegressorHandler, requests: list[object]) -> tuple[list, Context]:
-    context = make_context(len(requests))
+def run(
+    service: LinearRegressorHandler,
+    requests: list[object],
+    headers: dict[str, str] | None = None,
+) -> tuple[list, Context]:
+    context = make_context(len(requests), headers)
     return service.handle(requests, context), context
 
 
@@ -248,11 +257,122 @@ def test_only_answered_rows_reach_the_input_statistics(loaded: LinearRegressorHa
         {"body": b'{"data": [3e38, 3e38]}'},  # 400: overflows the weighted sum
         {"body": REFERENCE_BODY},
     ]
-    run(service, requests)
+    run(service, requests, PRODUCTION)
     stats = service.input_statistics
     assert stats.count == 2
     assert stats.positive == pytest.approx([1.2, 2.6])
     assert stats.squares == pytest.approx([1.04, 4.36])
+
+
+class PoisonedModel(torch.nn.Module):
+    """The model, except that any forward pass holding the row ``POISON`` raises."""
+
+    POISON = (13.0, 13.0)
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.passes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.passes.append(len(x))
+        if (x == torch.tensor(self.POISON)).all(dim=1).any():
+            raise RuntimeError("poisoned row")
+        return self.inner(x)
+
+
+def test_a_row_that_breaks_the_forward_pass_fails_alone_with_500(
+    loaded: LinearRegressorHandler,
+) -> None:
+    service = LinearRegressorHandler()
+    service.model = PoisonedModel(loaded.model)
+    poison = json.dumps({"data": PoisonedModel.POISON})
+    requests = [{"body": REFERENCE_BODY}, {"body": poison}, {"body": b'{"data": [1, 2]}'}]
+    answers, context = run(service, requests, PRODUCTION)
+    assert [status(context, i) for i in range(3)] == [200, 500, 200]
+    assert answers[1] == {"error": handler.INTERNAL_ERROR}
+    assert abs(answers[0]["output"] - REFERENCE_OUTPUT) <= TOLERANCE
+    assert abs(answers[2]["output"] - expected(1, 2)) <= TOLERANCE
+    # The batch's pass failed, then each row went through alone.
+    assert service.model.passes == [3, 1, 1, 1]
+    # Only what was answered is counted for drift.
+    assert service.input_statistics.count == 2
+
+
+def test_an_unexpected_error_on_one_request_is_its_own_500(
+    loaded: LinearRegressorHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = handler.request_body
+
+    def broken_for_one(request: object) -> object:
+        if request == {"body": b"boom"}:
+            raise KeyError("a bug in the handler")
+        return real(request)
+
+    monkeypatch.setattr(handler, "request_body", broken_for_one)
+    answers, context = run(loaded, [{"body": b"boom"}, {"body": REFERENCE_BODY}, {"body": b"[]"}])
+    assert [status(context, i) for i in range(3)] == [500, 200, 400]
+    assert context.get_response_status(0) == (500, "Internal Server Error")
+    assert answers[0] == {"error": handler.INTERNAL_ERROR}
+    assert abs(answers[1]["output"] - REFERENCE_OUTPUT) <= TOLERANCE
+
+
+def test_failing_input_statistics_do_not_fail_the_answers(
+    loaded: LinearRegressorHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = LinearRegressorHandler()
+    service.model = loaded.model
+
+    def broken(rows: object) -> None:
+        raise RuntimeError("statistics broken")
+
+    monkeypatch.setattr(service.input_statistics, "observe", broken)
+    answers, context = run(service, [{"body": REFERENCE_BODY}])
+    assert status(context, 0) == 200
+    assert abs(answers[0]["output"] - REFERENCE_OUTPUT) <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        (b'{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nests"),
+        (b'{"data": [1' + b"0" * 4300 + b", 0.6]}", "too many digits"),
+        (b'{"data": [-' + b"9" * 10_000 + b", 0.6]}", "too many digits"),
+    ],
+    ids=["5000 levels deep", "4301 digits", "10001 digits"],
+)
+def test_bodies_python_json_cannot_read_get_400(
+    loaded: LinearRegressorHandler, raw: bytes, words: str
+) -> None:
+    # TorchServe's own parse fails on them too and hands the raw bytes over.
+    answers, context = run(loaded, [{"body": raw}, {"body": REFERENCE_BODY}])
+    assert [status(context, i) for i in range(2)] == [400, 200]
+    assert words in answers[0]["error"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "counted"),
+    [
+        (PRODUCTION, 2),
+        ({"x-modelserve-route": "production"}, 2),  # header names are case-insensitive
+        ({"X-Modelserve-Route": "test"}, 0),  # nginx's /test/predict: the idle colour
+        ({}, 0),  # a colour's own port: swap.yml's smoke test
+        ({"X-Modelserve-Route": "Production"}, 0),
+    ],
+    ids=["production", "lower-case name", "test route", "no header", "other value"],
+)
+def test_only_production_requests_count_for_drift(
+    loaded: LinearRegressorHandler, headers: dict[str, str], counted: int
+) -> None:
+    service = LinearRegressorHandler()
+    service.model = loaded.model
+    answers, context = run(
+        service, [{"body": REFERENCE_BODY}, {"body": b'{"data": [1, 2]}'}], headers
+    )
+    # Every route gets its answers; only production's rows reach the statistics.
+    assert [status(context, i) for i in range(2)] == [200, 200]
+    assert abs(answers[0]["output"] - REFERENCE_OUTPUT) <= TOLERANCE
+    assert service.input_statistics.count == counted
 
 
 # --- the module-level entry point TorchServe calls --------------------------------------

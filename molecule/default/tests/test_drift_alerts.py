@@ -51,9 +51,15 @@ def in_alertmanager(host) -> set[tuple[str, str]]:
 class LiveTraffic:
     """Rows drawn from the training distribution (x1 optionally shifted), sent in a thread."""
 
-    def __init__(self, means: dict[str, float], stddevs: dict[str, float]) -> None:
-        self.means, self.stddevs = means, stddevs
-        self.shift_sigmas = 0.0
+    def __init__(
+        self,
+        means: dict[str, float],
+        stddevs: dict[str, float],
+        route: str = "/predict",
+        shift_sigmas: float = 0.0,
+    ) -> None:
+        self.means, self.stddevs, self.route = means, stddevs, route
+        self.shift_sigmas = shift_sigmas
         self.statuses: Counter[int] = Counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -68,7 +74,8 @@ class LiveTraffic:
         with requests.Session() as session:
             next_send = time.monotonic()
             while not self._stop.is_set():
-                answer = session.post(f"{BASE_URL}/predict", json={"data": self.row()}, timeout=10)
+                row = {"data": self.row()}
+                answer = session.post(f"{BASE_URL}{self.route}", json=row, timeout=10)
                 self.statuses[answer.status_code] += 1
                 next_send += 1 / RATE_PER_SECOND
                 time.sleep(max(0.0, next_send - time.monotonic()))
@@ -77,9 +84,12 @@ class LiveTraffic:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +108,12 @@ def training(host) -> tuple[dict[str, float], dict[str, float]]:
 def test_training_like_traffic_raises_no_drift_alert_and_a_shift_fires_within_3_minutes(
     host, training: tuple[dict[str, float], dict[str, float]]
 ) -> None:
+    """Drift judges production only: meanwhile the idle colour gets x1 shifted by 3 sd on
+    /test/predict (a smoke or load test), which must not count."""
     means, stddevs = training
     print(f"training: means {means}, standard deviations {stddevs}")
-    with LiveTraffic(means, stddevs) as traffic:
+    idle = LiveTraffic(means, stddevs, route="/test/predict", shift_sigmas=3.0)
+    with LiveTraffic(means, stddevs) as traffic, idle:
         # The window first fills with training-like rows only (earlier tests sent the
         # same input over and over), then nothing may fire for the hold and more.
         time.sleep(WINDOW_SECONDS + 15)
@@ -115,6 +128,7 @@ def test_training_like_traffic_raises_no_drift_alert_and_a_shift_fires_within_3_
         assert psi, "no PSI computed from the live window"
         print(f"no drift: largest |z| {max(z_seen):.2f}, PSI {psi}")
 
+        idle.stop()
         traffic.shift_sigmas = 3.0
         shifted = time.monotonic()
         seen: dict[str, float] = {}
@@ -130,5 +144,6 @@ def test_training_like_traffic_raises_no_drift_alert_and_a_shift_fires_within_3_
             time.sleep(2)
     for what, elapsed in sorted(seen.items(), key=lambda item: item[1]):
         print(f"x1 moved by 3 sd: {what} after {elapsed:.0f} s")
-    print(f"live requests: {dict(traffic.statuses)}")
+    print(f"live requests: {dict(traffic.statuses)}, on /test/predict: {dict(idle.statuses)}")
     assert set(traffic.statuses) == {200}
+    assert set(idle.statuses) == {200}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +30,8 @@ from referencing.jsonschema import DRAFT202012
 
 UPSTREAMS = "/opt/modelserve/nginx/conf.d/upstreams.conf"
 FUZZ_REQUESTS = 1500
+HOSTILE_SECONDS = 15
+VALID_CONNECTIONS = 30
 
 
 def management(host, colour: str, path: str) -> object:
@@ -237,3 +241,80 @@ def test_fuzzed_requests_get_documented_answers_and_no_worker_dies(host) -> None
     )
     assert {colour: worker_pids(host, colour) for colour in ("blue", "green")} == pids
     assert predict("/predict").status_code == 200
+
+
+def hostile_body(rng: random.Random) -> bytes:
+    """A body under nginx's 16 KiB limit that no client should send: deep nesting, an
+    integer beyond Python's 4,300 digits, an exponent beyond float64, invalid UTF-8, or
+    random bytes."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        opener, closer = rng.choice([("[", "]"), ('{"a":', "}"), ('[{"data":', "}]")])
+        depth = rng.randrange(1000, 15_000 // (len(opener) + len(closer)))
+        return f'{{"data": {opener * depth}1{closer * depth}}}'.encode()
+    if kind == 1:
+        digits = rng.choice("123456789") + "".join(rng.choices("0123456789", k=12_000))
+        number = rng.choice(["", "-"]) + digits[: rng.randrange(4301, len(digits) + 1)]
+        rest = rng.choice(["", ".5", "e3"])
+        return f'{{"data": [{number}{rest}, 0.6]}}'.encode()
+    if kind == 2:
+        return f'{{"data": [1e{rng.randrange(400, 10**6)}, 0.6]}}'.encode()
+    if kind == 3:
+        junk = bytes(rng.randrange(0x80, 0x100) for _ in range(rng.randrange(1, 8)))
+        return b'{"data": [0.2, "' + junk + b'"]}'
+    return rng.randbytes(rng.randrange(1, 4096))
+
+
+def send_hostile(until: float, seed: int, answers: Counter[str]) -> None:
+    """One client sending hostile bodies, as fast as it can, on one kept-alive connection."""
+    rng = random.Random(seed)
+    with requests.Session() as session:
+        while time.monotonic() < until:
+            response = session.post(
+                f"{BASE_URL}/predict",
+                data=hostile_body(rng),
+                headers={"Content-Type": "application/json"},
+                timeout=10,
+            )
+            try:
+                own_error = "error" in response.json()
+            except ValueError:
+                own_error = False
+            answers[f"{response.status_code}{'' if own_error else ' not JSON'}"] += 1
+
+
+def test_hostile_bodies_under_load_fail_no_valid_request(host) -> None:
+    """30 kept-alive connections send the reference input to /predict (wrk) while one
+    client sends hostile bodies as fast as it can, for 15 s: each hostile body gets its
+    own 4xx JSON error, no valid request fails, no worker dies."""
+    colour = active_colour(host)
+    pids = worker_pids(host, colour)
+    seed = time.time_ns()
+    answers: Counter[str] = Counter()
+    wrk = subprocess.Popen(
+        ["wrk", "-t", "2", "-c", str(VALID_CONNECTIONS), "-d", f"{HOSTILE_SECONDS}s",
+         "--timeout", "5s", "-s", str(REPO / "benchmarks/post.lua"), f"{BASE_URL}/predict"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        hostile = threading.Thread(
+            target=send_hostile, args=(time.monotonic() + HOSTILE_SECONDS, seed, answers)
+        )
+        hostile.start()
+        hostile.join(timeout=HOSTILE_SECONDS + 30)
+    finally:
+        output, _ = wrk.communicate(timeout=HOSTILE_SECONDS + 30)
+    line = next(row for row in output.splitlines() if row.startswith("BENCH_RESULT "))
+    valid = json.loads(line.removeprefix("BENCH_RESULT "))
+    failed = sum(valid[key] for key in valid if key.startswith("errors_"))
+    print(
+        f"under load: {valid['requests']} valid requests, {failed} failed "
+        f"({ {k: v for k, v in valid.items() if k.startswith('errors_')} }); "
+        f"hostile bodies (seed {seed}): {answers.total()}, answers {dict(answers)}"
+    )
+    assert wrk.returncode == 0, output
+    assert valid["requests"] > 1000
+    assert answers.total() > 50
+    assert failed == 0, f"{failed} of {valid['requests']} valid requests failed"
+    assert all(answer.startswith("4") and answer[3:] == "" for answer in answers), answers
+    assert worker_pids(host, colour) == pids
