@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shlex
@@ -205,24 +206,66 @@ RATE_TEST_DIR = "/tmp/modelserve-rate-limit-test"
 RATE_TEST_CONTAINER = "nginx-rate-limit-test"
 RATE_TEST_PORT = 18099
 TEMPLATE = "roles/nginx/templates/modelserve.conf.j2"
+# Clients of the rate-limit test on the stack network (172.30.0.0/24): a trusted load
+# generator, and a trusted proxy (a load balancer) with clients behind it.
+TRUSTED_CLIENT = "172.30.0.250"
+TRUSTED_PROXY = "172.30.0.251"
+# 30 POSTs of the reference input back to back; prints their status codes (and keeps
+# the bodies in $OUT when set). Arguments: the base URL, then the client addresses a
+# proxy reports (X-Forwarded-For), in turn.
+POST_30 = """\
+url=$1; shift
+for i in $(seq 30); do
+  if [ $# -gt 0 ]; then xff=$1; shift; set -- "$@" "$xff"; else xff=none; fi
+  out=/dev/null; [ -n "$OUT" ] && out=$OUT/answer.$i
+  curl -s -o "$out" -w '%{http_code} ' -X POST -H "X-Forwarded-For: $xff" \
+    -H 'Content-Type: application/json' -d '{"data": [0.2, 0.6]}' "$url/predict"
+done
+"""
+
+
+def post_30(host, *forwarded_for: str, client: str = "") -> list[str]:
+    """Status codes of 30 requests to the test nginx: from the VM itself (through Docker's
+    port forward), or from a container at `client` on the stack network."""
+    if not client:
+        url = f"http://127.0.0.1:{RATE_TEST_PORT}"
+        return host.check_output(f"OUT={RATE_TEST_DIR} sh {RATE_TEST_DIR}/post.sh {url}").split()
+    image = host.check_output("docker inspect -f '{{.Config.Image}}' nginx")
+    return host.check_output(
+        f"docker run --rm --network modelserve --ip {client} -v {RATE_TEST_DIR}:/t:ro"
+        f" --entrypoint sh {image} /t/post.sh http://{RATE_TEST_CONTAINER} "
+        + " ".join(forwarded_for)
+    ).split()
 
 
 def test_rate_limit_answers_429_beyond_the_rate(host) -> None:
-    """The role's server config rendered with 5 req/s and no burst, in a throwaway nginx
-    beside the live one (same image, nginx.conf, upstreams and keys, on the VM's loopback): of 30
-    requests sent back to back, the first is answered by the model and most of the rest
-    get nginx's JSON 429."""
+    """The role's server config rendered with 1 req/s and no burst, a trusted load
+    generator and a trusted proxy, in a throwaway nginx beside the live one (same image,
+    nginx.conf, upstreams and keys, on the stack network). Of 30 requests sent back to back:
+    from an untrusted address (the VM), the first is answered by the model and most of the
+    rest get nginx's JSON 429; from the trusted load generator, all are answered; through
+    the trusted proxy, two clients taking turns are each limited by their own address
+    (each one's first request answered, most of the rest 429), not by the proxy's."""
     host.run(f"docker rm -f {RATE_TEST_CONTAINER}; rm -rf {RATE_TEST_DIR}")
     host.check_output(f"mkdir -p {RATE_TEST_DIR}/conf.d")
     host.check_output(
         f"cp /opt/modelserve/nginx/conf.d/upstreams.conf"
         f" /opt/modelserve/nginx/conf.d/torchserve-keys.conf {RATE_TEST_DIR}/conf.d/"
     )
+    encoded = base64.b64encode(POST_30.encode()).decode()
+    host.check_output(f"echo {encoded} | base64 -d > {RATE_TEST_DIR}/post.sh")
+    trusted = json.dumps(
+        {
+            "nginx_rate_limit_exempt": [f"{TRUSTED_CLIENT}/32", f"{TRUSTED_PROXY}/32"],
+            "nginx_real_ip_from": [f"{TRUSTED_PROXY}/32"],
+        }
+    )
     rendered = run_ansible(
         "ansible", "modelserve", "-m", "ansible.builtin.template",
         "-a", f"src={TEMPLATE} dest={RATE_TEST_DIR}/conf.d/modelserve.conf",
         "-e", "@roles/nginx/defaults/main.yml", "-e", "@roles/nginx/vars/main.yml",
-        "-e", "nginx_rate_limit_per_second=5", "-e", "nginx_rate_limit_burst=0", timeout=120,
+        "-e", "nginx_rate_limit_per_second=1", "-e", "nginx_rate_limit_burst=0",
+        "-e", trusted, timeout=120,
     )  # fmt: skip
     assert rendered.returncode == 0, rendered.output
     image = host.check_output("docker inspect -f '{{.Config.Image}}' nginx")
@@ -236,20 +279,23 @@ def test_rate_limit_answers_429_beyond_the_rate(host) -> None:
         url = f"http://127.0.0.1:{RATE_TEST_PORT}"
         host.check_output(f"timeout 30 sh -c 'until curl -sf {url}/healthz; do sleep 0.5; done'")
         time.sleep(1)  # a full token for the first request
-        codes = host.check_output(
-            "for i in $(seq 30); do curl -s -o "
-            f"{RATE_TEST_DIR}/answer.$i -w '%{{http_code}} ' -X POST"
-            f" -H 'Content-Type: application/json' -d '{{\"data\": [0.2, 0.6]}}' {url}/predict;"
-            " done"
-        ).split()
+        codes = post_30(host)
         first_limited = codes.index("429") + 1 if "429" in codes else 1
         limited_body = host.check_output(f"cat {RATE_TEST_DIR}/answer.{first_limited}")
+        trusted_codes = post_30(host, client=TRUSTED_CLIENT)
+        behind_proxy = post_30(host, "203.0.113.7", "203.0.113.8", client=TRUSTED_PROXY)
     finally:
         host.run(f"docker rm -f {RATE_TEST_CONTAINER}; rm -rf {RATE_TEST_DIR}")
+    print(f"untrusted: {codes}\ntrusted: {trusted_codes}\nbehind the proxy: {behind_proxy}")
     assert codes[0] == "200", codes
     assert set(codes) <= {"200", "429"}, codes
     assert codes.count("429") >= 20, codes
     assert json.loads(limited_body) == {"error": "too many requests"}
+    assert trusted_codes == ["200"] * 30, trusted_codes
+    # Limited by the proxy's address, the second client's first request would be a 429.
+    assert behind_proxy[:2] == ["200", "200"], behind_proxy
+    assert set(behind_proxy) <= {"200", "429"}, behind_proxy
+    assert behind_proxy.count("429") >= 20, behind_proxy
 
 
 def instance_address() -> str:
