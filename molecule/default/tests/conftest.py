@@ -90,6 +90,13 @@ def reference_output() -> float:
     return expected_reference_output()
 
 
+def torchserve_key(host, colour: str, kind: str = "management") -> str:
+    """A colour's API key ("management" or "inference"), as TorchServe wrote it at its
+    last start (read on the host as root, as the playbooks do)."""
+    path = f"/opt/modelserve/torchserve/{colour}/keys/key_file.json"
+    return json.loads(host.file(path).content_string)[kind]["key"]
+
+
 def active_colour(host) -> str:
     return json.loads(host.file(FACT_FILE).content_string)["active_colour"]
 

@@ -23,6 +23,7 @@ from conftest import (
     idle_colour,
     predict,
     run_playbook,
+    torchserve_key,
 )
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
@@ -36,7 +37,8 @@ VALID_CONNECTIONS = 30
 
 def management(host, colour: str, path: str) -> object:
     port = {"blue": 8181, "green": 8281}[colour]
-    return json.loads(host.check_output(f"curl -sf http://127.0.0.1:{port}{path}"))
+    auth = f"Authorization: Bearer {torchserve_key(host, colour)}"
+    return json.loads(host.check_output(f"curl -sf -H '{auth}' http://127.0.0.1:{port}{path}"))
 
 
 def worker_pids(host, colour: str) -> list[int]:

@@ -22,6 +22,7 @@ from conftest import (
     idle_colour,
     predict,
     run_playbook,
+    torchserve_key,
 )
 
 TOLERANCE = 1e-6
@@ -113,7 +114,10 @@ MALFORMED = {
 
 def worker_pids(host, colour: str) -> list[int]:
     port = {"blue": 8181, "green": 8281}[colour]
-    models = json.loads(host.check_output(f"curl -sf http://127.0.0.1:{port}/models/model"))
+    auth = f"Authorization: Bearer {torchserve_key(host, colour)}"
+    models = json.loads(
+        host.check_output(f"curl -sf -H '{auth}' http://127.0.0.1:{port}/models/model")
+    )
     workers = models[0]["workers"]
     assert workers and all(w["status"] == "READY" for w in workers), workers
     return sorted(w["pid"] for w in workers)
