@@ -198,7 +198,7 @@ def test_containers_have_memory_limits_and_read_only_config(host) -> None:
 def test_nginx_limits_bodies_and_rate(host) -> None:
     config = host.file("/opt/modelserve/nginx/conf.d/modelserve.conf").content_string
     assert "client_max_body_size 16k;" in config
-    assert "limit_req zone=predict" in config
+    assert "limit_req zone=predict_per_client" in config
     assert "proxy_read_timeout" in config
 
 
