@@ -91,9 +91,13 @@ def reload(args: argparse.Namespace, drain: bool) -> None:
         args.drain_flag.write_text("")
         time.sleep(args.drain_seconds)
     try:
-        reloaded = nginx(args.container, "-s", "reload")
+        # The role's reloader (installed beside this tool) proves the new config is live.
+        reloader = Path(__file__).with_name("nginx_reload.py")
+        reloaded = subprocess.run(
+            [str(reloader), "--container", args.container], capture_output=True, text=True
+        )
         if reloaded.returncode != 0:
-            raise RuntimeError(f"nginx -s reload failed:\n{reloaded.stderr}")
+            raise RuntimeError(f"nginx did not reload:\n{reloaded.stderr}")
         if drain and args.drain_flag:
             time.sleep(1)
     finally:
