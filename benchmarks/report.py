@@ -16,7 +16,7 @@ import shutil
 import statistics
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,8 @@ class Sample:
 
     load: LoadResult
     cpu_us: float | None
+    # The same CPU time by container, where the path has several (the stack's).
+    cpu_us_by_container: dict[str, float] = field(default_factory=dict)
 
     @property
     def cpu_us_per_request(self) -> float | None:
@@ -86,13 +88,17 @@ class Sample:
         return self.cpu_us / self.load.successful
 
     def as_dict(self) -> dict[str, Any]:
-        return {"load": self.load.as_dict(), "cpu_us": self.cpu_us}
+        return {
+            "load": self.load.as_dict(),
+            "cpu_us": self.cpu_us,
+            "cpu_us_by_container": self.cpu_us_by_container,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Sample:
         fields = LoadResult.__dataclass_fields__
         load = LoadResult(**{k: v for k, v in data["load"].items() if k in fields})
-        return cls(load, data.get("cpu_us"))
+        return cls(load, data.get("cpu_us"), data.get("cpu_us_by_container") or {})
 
 
 # candidate number -> connections -> one sample per round, in round order
@@ -311,6 +317,34 @@ def results_table(titles: dict[int, str], results: Results) -> str:
     return "\n".join(lines)
 
 
+def cpu_split_table(titles: dict[int, str], results: Results) -> str | None:
+    """Where the CPU time of multi-container paths goes: CPU-µs per request by container,
+    median over the rounds; None when no path has more than one container."""
+    lines = [
+        "| # | candidate | conns | container | CPU-µs per request |",
+        "| ---: | --- | ---: | --- | ---: |",
+    ]
+    for number in sorted(results):
+        for connections, samples in sorted(results[number].items()):
+            names = sorted({name for s in samples for name in s.cpu_us_by_container})
+            if len(names) < 2:
+                continue
+            for name in names:
+                per_request = Spread.of(
+                    [
+                        s.cpu_us_by_container[name] / s.load.successful
+                        if name in s.cpu_us_by_container and s.load.successful
+                        else None
+                        for s in samples
+                    ]
+                )
+                lines.append(
+                    f"| {number} | {titles[number]} | {connections} | {name} | "
+                    f"{_range(per_request, 0)} |"
+                )
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
 def ratios_table(results: Results) -> str:
     """(5) against each other candidate, per round: median (min-max)."""
     connections = sorted({c for runs in results.values() for c in runs})
@@ -398,6 +432,7 @@ def render(data: dict[str, Any]) -> str:
         f"Request paths (load generator: `{load['path']}`):\n{paths}",
         report_settings(data),
         results_table(titles, results),
+        *([split] if (split := cpu_split_table(titles, results)) else []),
         "Ratios of (5) to each candidate, computed round by round:",
         ratios_table(results),
         targets_table(targets(results, memory_peak(data))),

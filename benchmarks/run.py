@@ -276,11 +276,12 @@ def cgroup_dir(cid: str) -> Path:
     raise RuntimeError(f"no cgroup found for container {cid[:12]} under {CGROUP_ROOT}")
 
 
-def cpu_usage_us(cgroups: list[Path]) -> int:
-    """CPU time used so far by every process of ``cgroups``, in µs."""
+def cpu_usage_us(cgroup: Path) -> int:
+    """CPU time used so far by every process of ``cgroup``, in µs."""
     v2 = cgroup_v2()
-    name = "cpu.stat" if v2 else "cpuacct.usage"
-    return sum(report.parse_cpu_usage_us((c / name).read_text(), v2) for c in cgroups)
+    return report.parse_cpu_usage_us(
+        (cgroup / ("cpu.stat" if v2 else "cpuacct.usage")).read_text(), v2
+    )
 
 
 def a_process_of(cgroup: Path) -> int:
@@ -300,7 +301,8 @@ class Running:
     title: str
     url: str  # as the load generator sees it
     netns_pid: int | None  # wrk enters this process's network namespace; None: this host's
-    cpu_cgroups: list[Path]  # every process on the request path, the load generator excluded
+    # container -> cgroup, for every process on the request path (the load generator is not)
+    cpu_cgroups: dict[str, Path]
     path: str  # for the report
     samples: dict[int, list[report.Sample]] = field(default_factory=dict)
 
@@ -309,7 +311,7 @@ def running(
     candidate: cfg.Candidate, endpoint: Endpoint, mode: str, path_containers: list[str],
     vm: str | None = None,
 ) -> Running:  # fmt: skip
-    cgroups = [cgroup_dir(container_id(name, vm)) for name in path_containers]
+    cgroups = {name: cgroup_dir(container_id(name, vm)) for name in path_containers}
     where = f"in the VM {vm}" if vm else "on this host"
     counted = " + ".join(path_containers)
     if mode == "netns":
@@ -317,7 +319,7 @@ def running(
             f"wrk in the network namespace of `{endpoint.container}` ({where}) → "
             f"127.0.0.1:{endpoint.inner_port}; CPU counted: {counted}"
         )
-        pid = a_process_of(cgroups[0])
+        pid = a_process_of(cgroups[path_containers[0]])
         return Running(candidate.number, candidate.key, candidate.title, endpoint.inner_url, pid,
                        cgroups, path)  # fmt: skip
     proxies = "two docker-proxy hops (this host → VM → nginx)" if vm else "one docker-proxy hop"
@@ -355,9 +357,10 @@ def run_wrk(
 def measure_once(
     candidate: Running, connections: int, args: argparse.Namespace, tag: str
 ) -> report.Sample:
-    before = cpu_usage_us(candidate.cpu_cgroups)
+    before = {name: cpu_usage_us(c) for name, c in candidate.cpu_cgroups.items()}
     load, raw = run_wrk(candidate.url, connections, args.duration, candidate.netns_pid)
-    sample = report.Sample(load, cpu_usage_us(candidate.cpu_cgroups) - before)
+    used = {name: cpu_usage_us(c) - before[name] for name, c in candidate.cpu_cgroups.items()}
+    sample = report.Sample(load, sum(used.values()), used)
     log(
         f"  ({candidate.number}) {connections} conns: {load.successful_rps:,.0f} successful "
         f"req/s, {load.failed} failed, p99 {load.p99_ms:.1f} ms, "

@@ -216,6 +216,19 @@ def test_tables() -> None:
     assert "| a | 1 | 3 |" in memory and "| sum | **1** | **3** |" in memory
 
 
+def test_cpu_split_shows_each_container_of_a_multi_container_path() -> None:
+    results = full_run()
+    load = result(2000)  # 20,000 successful requests
+    results[5][200] = [
+        report.Sample(load, 6e6, {"nginx": 1e6, "torchserve-green": 5e6}),
+        report.Sample(load, 8e6, {"nginx": 2e6, "torchserve-green": 6e6}),
+    ]
+    split = report.cpu_split_table({n: f"c{n}" for n in results}, results)
+    assert "| 5 | c5 | 200 | nginx | 75 (50-100) |" in split
+    assert "| 5 | c5 | 200 | torchserve-green | 275 (250-300) |" in split
+    assert report.cpu_split_table({n: f"c{n}" for n in results}, full_run()) is None
+
+
 def results_json(results: report.Results) -> dict:
     return {
         "run": "20261130T000000Z",
