@@ -24,6 +24,7 @@ from conftest import (
     run_playbook,
     torchserve_key,
 )
+from wrk_summary import parse_summary
 
 TOLERANCE = 1e-6
 # Set by nginx's reload handlers while client connections drain (roles/nginx).
@@ -168,6 +169,11 @@ WRK_POST = "\n".join(
 )
 
 
+# wrk's own time limit under the swap test: far above a swap's duration, it only stops a
+# run whose swap hangs.
+WRK_LIMIT_S = 300
+
+
 def test_client_connections_are_kept_alive() -> None:
     """Three requests on one connection; nginx says how long it stays open."""
     url = urlsplit(BASE_URL)
@@ -189,20 +195,30 @@ def test_client_connections_are_kept_alive() -> None:
     assert len(local_ports) == 1
 
 
+def slowest_tasks(playbook_output: str, count: int = 5) -> list[str]:
+    """The slowest tasks of a run, from the profile_tasks callback's summary (ansible.cfg)."""
+    timings = re.findall(r"^(\S.*?) -{3,} (\d+\.\d+)s$", playbook_output, re.M)
+    timings.sort(key=lambda item: float(item[1]), reverse=True)
+    return [f"{seconds:>7}s  {task}" for task, seconds in timings[:count]]
+
+
 @pytest.mark.usefixtures("green_is_production")
 def test_no_request_fails_across_a_swap_under_load(tmp_path: Path) -> None:
     """50 kept-alive connections against /predict while swap.yml runs, from 5 s before
-    the swap until 3 s after it (at most 120 s)."""
+    the swap until 3 s after it. wrk's own limit (300 s) only bounds a hung swap: on a
+    loaded 2-core machine a swap under load has taken over a minute."""
     script = tmp_path / "post.lua"
     script.write_text(WRK_POST)
     wrk = subprocess.Popen(
-        ["wrk", "-t", "2", "-c", "50", "-d", "120s", "--timeout", "5s", "-s", str(script),
-         f"{BASE_URL}/predict"],
+        ["wrk", "-t", "2", "-c", "50", "-d", f"{WRK_LIMIT_S}s", "--timeout", "5s",
+         "-s", str(script), f"{BASE_URL}/predict"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         time.sleep(5)
+        started = time.monotonic()
         swap = run_playbook("swap.yml", "-e", "target=blue")
+        swap_s = time.monotonic() - started
         time.sleep(3)
     finally:
         wrk.send_signal(signal.SIGINT)  # wrk stops and prints its summary
@@ -211,19 +227,16 @@ def test_no_request_fails_across_a_swap_under_load(tmp_path: Path) -> None:
     assert swap.returncode == 0, swap.output
     assert swap.changed > 0
     assert wrk.returncode == 0, output
-    total = int(re.search(r"(\d+) requests in", output).group(1))
-    seconds = float(re.search(r"requests in ([\d.]+)s", output).group(1))
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    socket_errors = re.search(r"Socket errors: (.*)", output)
+    load = parse_summary(output)
     print(
-        f"swap under load: {total} requests in {seconds:.1f} s, "
-        f"{int(non_2xx.group(1)) if non_2xx else 0} non-2xx, "
-        f"socket errors: {socket_errors.group(1) if socket_errors else 'none'}"
+        f"swap under load: swap.yml took {swap_s:.1f} s; wrk: {load.requests} requests in"
+        f" {load.duration_s:.1f} s, {load.non_2xx} non-2xx, socket errors"
+        f" {load.socket_errors or 'none'}; slowest tasks of the swap:\n  "
+        + "\n  ".join(slowest_tasks(swap.output))
     )
-    assert seconds < 115, "wrk ran out of time before the swap ended"
-    assert total > 1000
-    assert non_2xx is None, output
-    assert socket_errors is None, output
+    assert load.duration_s < WRK_LIMIT_S - 2, "wrk ran out of time before the swap ended"
+    assert load.requests > 1000
+    assert load.failed == 0, output
     assert predict("/predict").headers["X-Model-Colour"] == "blue"
 
 
