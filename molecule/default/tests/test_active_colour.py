@@ -13,6 +13,8 @@ import requests
 from conftest import FACT_FILE, active_colour, idle_colour, predict, run_ansible, run_playbook
 
 UPSTREAMS = "/opt/modelserve/nginx/conf.d/upstreams.conf"
+SERVER = "/opt/modelserve/nginx/conf.d/modelserve.conf"
+SERVER_SAVED = "/tmp/modelserve.conf.saved"
 DRAIN_FLAG = "/opt/modelserve/nginx/state/drain"
 # The stand-in's and the official image's, read by `nginx -t` and on a reload only: the
 # config validator tests candidates in a fresh container, the live container keeps this.
@@ -61,6 +63,7 @@ def kept_state(host) -> Iterator[tuple[str, str]]:
     production = active_colour(host)
     yield before
     host.run(f"docker start nginx; docker exec nginx cp /tmp/mime.types.saved {MIME_TYPES}")
+    host.run(f"test -f {SERVER_SAVED} && mv {SERVER_SAVED} {SERVER}")
     write(host, FACT_FILE, before[0])
     if state(host) != before or serving_colour() != production:
         restored = run_playbook("swap.yml", "-e", f"target={production}")
@@ -111,8 +114,20 @@ def stop_nginx(host) -> None:
     assert host.run("docker stop nginx").rc == 0
 
 
+def change_a_zone_key(host) -> None:
+    """A config that tests fine but that the running master refuses on a reload (it keeps
+    the old one and `nginx -s reload` still exits 0): a rate-limit zone with another key."""
+    assert host.run(f"cp {SERVER} {SERVER_SAVED}").rc == 0
+    edit = r"s/^limit_req_zone \$rate_limit_key /limit_req_zone $binary_remote_addr /"
+    assert host.run(f"sed -i '{edit}' {SERVER}").rc == 0
+    assert "limit_req_zone $binary_remote_addr" in host.file(SERVER).content_string
+    assert host.run("docker exec nginx nginx -t").rc == 0
+
+
 @pytest.mark.parametrize(
-    "fault", [break_live_config, stop_nginx], ids=["nginx -t fails", "nginx down"]
+    "fault",
+    [break_live_config, stop_nginx, change_a_zone_key],
+    ids=["nginx -t fails", "nginx down", "nginx refuses the reload"],
 )
 def test_a_failed_reload_leaves_fact_and_routing_on_the_old_colour(
     host, kept_state: tuple[str, str], fault
