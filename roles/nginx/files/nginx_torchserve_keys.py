@@ -119,27 +119,47 @@ def main() -> int:
 
     with open(args.output.with_name(f".{args.output.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        old_text = args.output.read_text() if args.output.exists() else ""
-        old = dict(ENTRY.findall(old_text))
-        keys: dict[str, str] = {}
-        for spec in args.key_file:
-            colour, _, path = spec.partition("=")
-            # A colour without a key file (never started) keeps its last known key.
-            key = read_key(Path(path), args.wait_seconds) or old.get(colour, "")
-            keys[colour] = key
-        text = render(keys)
-        if text == old_text:
-            print("unchanged")
-            return 0
-        partial = args.output.with_name(f".{args.output.name}.partial")
-        partial.write_text(text)
-        os.chmod(partial, 0o600)
-        partial.replace(args.output)
-        if not args.no_reload and running(args.container):
-            production = production_colour(args.fact)
-            reload(args, drain=production is None or keys.get(production) == old.get(production))
-        print("changed")
+        # A key file that changes while this runs triggers no new run (systemd does not
+        # start an active unit again): read them all again until nothing has changed.
+        outcomes = [sync(args) for _ in range(SYNC_ROUNDS)]
+        changed = "changed" in outcomes
+    print("changed" if changed else "unchanged")
     return 0
+
+
+SYNC_ROUNDS = 3
+
+
+def write(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.chmod(partial, 0o600)
+    partial.replace(path)
+
+
+def sync(args: argparse.Namespace) -> str:
+    """Write the current keys and reload nginx on them: "changed" or "unchanged"."""
+    old_text = args.output.read_text() if args.output.exists() else ""
+    old = dict(ENTRY.findall(old_text))
+    keys: dict[str, str] = {}
+    for spec in args.key_file:
+        colour, _, path = spec.partition("=")
+        # A colour without a key file (never started) keeps its last known key.
+        keys[colour] = read_key(Path(path), args.wait_seconds) or old.get(colour, "")
+    text = render(keys)
+    if text == old_text:
+        return "unchanged"
+    write(args.output, text)
+    if not args.no_reload and running(args.container):
+        production = production_colour(args.fact)
+        try:
+            reload(args, drain=production is None or keys.get(production) == old.get(production))
+        except RuntimeError:
+            # nginx still runs the old keys: so must the file, or the next run (systemd
+            # retries the unit) would find nothing to do.
+            write(args.output, old_text)
+            raise
+    return "changed"
 
 
 if __name__ == "__main__":
