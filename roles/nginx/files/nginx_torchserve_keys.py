@@ -28,6 +28,8 @@ from pathlib import Path
 
 # TorchServe's keys are URL-safe base64: anything else is not written into nginx's config.
 KEY = re.compile(r"^[A-Za-z0-9_=-]{1,128}$")
+# How often one run reads the key files (see main).
+SYNC_ROUNDS = 3
 ENTRY = re.compile(r'^\s*(\w+)\s+"([^"]*)";$', re.MULTILINE)
 
 
@@ -126,8 +128,6 @@ def main() -> int:
     print("changed" if changed else "unchanged")
     return 0
 
-
-SYNC_ROUNDS = 3
 
 
 def write(path: Path, text: str) -> None:
