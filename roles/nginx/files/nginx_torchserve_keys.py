@@ -129,7 +129,6 @@ def main() -> int:
     return 0
 
 
-
 def write(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(text)
