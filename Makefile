@@ -56,10 +56,11 @@ host:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-model.txt images/torchserve/requirements.txt \
+$(VENV)/.installed: pyproject.toml requirements.txt requirements-model.txt images/torchserve/requirements.txt \
 		benchmarks/requirements.txt roles/kafka_drift/files/requirements.txt
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-model.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --editable .
 	touch $@
 
 images: host venv
