@@ -29,6 +29,7 @@ lint: venv
 	ansible-lint --profile production
 	ruff check .
 	ruff format --check .
+	python -m modelserve.role_docs --check
 
 unit: venv
 	pytest
