@@ -77,14 +77,17 @@ def _variable_doc(variable: Variable, defaults: dict[str, str], all_points: list
     else:
         value = f"{variable.name}:   # no default"
     code = "\n".join("    " + line for line in value.splitlines())
-    notes = [_description(spec) or "(no description in meta/argument_specs.yml)"]
+    if not variable.entry_points:
+        notes = ["Not in meta/argument_specs.yml: describe it there."]
+    else:
+        notes = [_description(spec) or "(no description in meta/argument_specs.yml)"]
     if spec.get("required"):
         notes.append("Required.")
     if spec.get("choices"):
         notes.append("One of " + ", ".join(f"`{choice}`" for choice in spec["choices"]) + ".")
     if spec.get("no_log"):
         notes.append("Secret: keep it in Ansible Vault.")
-    if len(all_points) > 1 and tuple(all_points) != variable.entry_points:
+    if variable.entry_points and len(all_points) > 1 and tuple(all_points) != variable.entry_points:
         points = ", ".join(f"`{point}`" for point in variable.entry_points)
         notes.append(f"Entry point{'s' if len(variable.entry_points) > 1 else ''}: {points}.")
     return f"{code}\n\n{' '.join(notes)}"
@@ -109,7 +112,11 @@ def render_section(role_dir: Path) -> str:
         "Available variables are listed below, along with default values (see `defaults/main.yml`):"
     )
     points = list(entry_points)
-    parts.extend(_variable_doc(variable, defaults, points) for variable in variables(specs))
+    described = variables(specs)
+    # A default nobody described still shows, so that it cannot go unnoticed.
+    names = {variable.name for variable in described}
+    described += [Variable(name, {}, ()) for name in defaults if name not in names]
+    parts.extend(_variable_doc(variable, defaults, points) for variable in described)
     parts.append(END)
     return "\n\n".join(parts) + "\n"
 
@@ -118,7 +125,7 @@ def _skeleton(role_dir: Path) -> str:
     meta_file = role_dir / "meta" / "main.yml"
     meta = yaml.safe_load(meta_file.read_text()) if meta_file.exists() else None
     description = ((meta or {}).get("galaxy_info") or {}).get("description") or ""
-    return f"# Role: {role_dir.name}\n\n{description}\n\n".replace("\n\n\n", "\n\n")
+    return "\n\n".join(part for part in (f"# Role: {role_dir.name}", description) if part) + "\n"
 
 
 def updated_readme(role_dir: Path) -> str:

@@ -74,6 +74,15 @@ def test_check_catches_a_changed_default_and_a_hand_edit(roles_copy: Path) -> No
     assert role_docs.stale_readmes(roles_copy) == [readme]
 
 
+def test_a_default_without_an_argument_spec_shows_up(roles_copy: Path) -> None:
+    defaults = roles_copy / "logrotate" / "defaults" / "main.yml"
+    defaults.write_text(defaults.read_text() + "logrotate_extra: 1\n")
+    assert role_docs.stale_readmes(roles_copy) == [roles_copy / "logrotate" / "README.md"]
+    role_docs.main(["--roles-dir", str(roles_copy)])
+    text = (roles_copy / "logrotate" / "README.md").read_text()
+    assert "    logrotate_extra: 1\n\nNot in meta/argument_specs.yml: describe it there." in text
+
+
 def test_a_new_role_gets_a_readme(roles_copy: Path) -> None:
     role = roles_copy / "newrole"
     (role / "meta").mkdir(parents=True)
