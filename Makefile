@@ -29,6 +29,7 @@ lint: venv
 	ansible-lint --profile production
 	ruff check .
 	ruff format --check .
+	python -m modelserve.role_docs --check
 
 unit: venv
 	pytest
@@ -47,7 +48,7 @@ molecule: images
 	molecule test
 
 # Not part of `make test`: needs the VM converged (make demo); takes about 7 minutes.
-# See the README's performance section.
+# See benchmarks/README.md.
 bench: images
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
