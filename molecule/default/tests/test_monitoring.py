@@ -175,3 +175,32 @@ def test_every_panel_query_returns_data(host, name: str) -> None:
     assert not empty, f"queries without data: {empty}"
     print(f"{name}: {len(queries)} queries, all with data")
 
+
+def test_settings_of_the_former_monitoring_role_are_refused(tmp_path: Path) -> None:
+    """A host's settings written for the single monitoring role stop the converge, each
+    with its new name, instead of being ignored (alerts without their receiver)."""
+    renamed = {
+        "monitoring_alertmanager_webhook_url": "alertmanager_webhook_url",
+        "monitoring_drift_window": "prometheus_drift_window",
+        "monitoring_alert_5xx_ratio": "prometheus_alert_5xx_ratio",
+        "monitoring_nginx_exporter_image": "nginx_exporter_image",
+        "monitoring_network": "<role>_network of each monitoring role",
+    }
+    play = {
+        "hosts": "localhost",
+        "connection": "local",
+        "gather_facts": False,
+        # Nothing is written or started on this machine, refused or not.
+        "check_mode": True,
+        "vars": dict.fromkeys(renamed, "1m"),
+        "roles": ["alertmanager"],
+    }
+    playbook = tmp_path / "old_settings.yml"
+    playbook.write_text(json.dumps([play]))
+    result = run_ansible("ansible-playbook", "-i", "localhost,", str(playbook), timeout=120)
+    assert result.returncode != 0, result.output
+    assert "Refuse settings of the former monitoring role" in result.output
+    for old, new in renamed.items():
+        assert f"{old} -> {new};" in result.output, result.output
+    # Refused before anything else of the role ran.
+    assert "Create the directories" not in result.output
