@@ -22,8 +22,8 @@ ALERTMANAGER = "http://127.0.0.1:9093"
 DRIFT_ALERTS = ("DriftMeanShift", "DriftDistributionShift")
 FIRING = 'ALERTS{alertname=~"DriftMeanShift|DriftDistributionShift", alertstate="firing"}'
 RATE_PER_SECOND = 40
-WINDOW_SECONDS = 60  # monitoring_drift_window in the test bed
-HOLD_SECONDS = 30  # monitoring_drift_for in the test bed
+WINDOW_SECONDS = 60  # prometheus_drift_window in the test bed
+HOLD_SECONDS = 30  # prometheus_drift_for in the test bed
 FIRING_DEADLINE_SECONDS = 180  # the bound, from the shift to Alertmanager
 
 

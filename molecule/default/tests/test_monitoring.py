@@ -1,4 +1,4 @@
-"""The monitoring role: scrape targets, alert rules, Alertmanager, dashboards."""
+"""The monitoring roles: scrape targets, alert rules, Alertmanager, dashboards."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def render_with_role_defaults(template: Path, dest: Path) -> None:
     some thresholds; the rules' unit tests are written against the defaults)."""
     result = run_ansible(
         "ansible", "localhost", "--connection", "local", "-m", "ansible.builtin.template",
-        "-a", f"src={template} dest={dest}", "-e", f"@{REPO}/roles/monitoring/defaults/main.yml",
+        "-a", f"src={template} dest={dest}", "-e", f"@{REPO}/roles/prometheus/defaults/main.yml",
         timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.output
@@ -95,9 +95,9 @@ def render_with_role_defaults(template: Path, dest: Path) -> None:
 @pytest.mark.parametrize("group", ["serving", "drift"])
 def test_alert_rules_pass_their_unit_tests(tmp_path: Path, group: str) -> None:
     """promtool test rules, with the Prometheus image the stack runs."""
-    templates = REPO / "roles/monitoring/templates/rules"
+    templates = REPO / "roles/prometheus/templates/rules"
     render_with_role_defaults(templates / f"{group}.rules.yml.j2", tmp_path / f"{group}.rules.yml")
-    tests = REPO / f"roles/monitoring/tests/{group}.rules.test.yml"
+    tests = REPO / f"roles/prometheus/tests/{group}.rules.test.yml"
     (tmp_path / tests.name).write_text(tests.read_text())
     result = subprocess.run(
         ["docker", "run", "--rm", "--network", "none", "--user", "0",
@@ -174,3 +174,33 @@ def test_every_panel_query_returns_data(host, name: str) -> None:
         time.sleep(5)
     assert not empty, f"queries without data: {empty}"
     print(f"{name}: {len(queries)} queries, all with data")
+
+
+def test_settings_of_the_former_monitoring_role_are_refused(tmp_path: Path) -> None:
+    """A host's settings written for the single monitoring role stop the converge, each
+    with its new name, instead of being ignored (alerts without their receiver)."""
+    renamed = {
+        "monitoring_alertmanager_webhook_url": "alertmanager_webhook_url",
+        "monitoring_drift_window": "prometheus_drift_window",
+        "monitoring_alert_5xx_ratio": "prometheus_alert_5xx_ratio",
+        "monitoring_nginx_exporter_image": "nginx_exporter_image",
+        "monitoring_network": "<role>_network of each monitoring role",
+    }
+    play = {
+        "hosts": "localhost",
+        "connection": "local",
+        "gather_facts": False,
+        # Nothing is written or started on this machine, refused or not.
+        "check_mode": True,
+        "vars": dict.fromkeys(renamed, "1m"),
+        "roles": ["alertmanager"],
+    }
+    playbook = tmp_path / "old_settings.yml"
+    playbook.write_text(json.dumps([play]))
+    result = run_ansible("ansible-playbook", "-i", "localhost,", str(playbook), timeout=120)
+    assert result.returncode != 0, result.output
+    assert "Refuse settings of the former monitoring role" in result.output
+    for old, new in renamed.items():
+        assert f"{old} -> {new};" in result.output, result.output
+    # Refused before anything else of the role ran.
+    assert "Create the directories" not in result.output

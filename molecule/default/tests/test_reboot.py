@@ -2,10 +2,11 @@
 container: systemd stops the inner Docker and starts it again on boot), and only the VM's
 Docker daemon restarted.
 
-Before each, the stack runs with the non-default colour in production and the monitoring
-reload handlers have just run, as a converge that changed their config runs them (the
-handlers once used `docker kill --signal=HUP`, which Docker records as a manual stop, so
-that `unless-stopped` left Prometheus and Alertmanager down after a reboot). After each:
+Before each, the stack runs with the non-default colour in production and the
+Prometheus and Alertmanager reload handlers have just run, as a converge that changed
+their config runs them (the handlers once used `docker kill --signal=HUP`, which Docker
+records as a manual stop, so that `unless-stopped` left Prometheus and Alertmanager down
+after a reboot). After each:
 every container runs again, /predict is answered by the same colour, every Prometheus
 target is up, every rule group has been evaluated since, and the drift consumer resumed
 from its state without counting a message twice. `pytest -s` prints the times.
@@ -87,15 +88,13 @@ def running_containers(host) -> set[str]:
 
 
 def run_reload_handlers(tmp_path: Path) -> None:
-    """The monitoring role's reload handlers, run for real as a converge runs them."""
-    role = REPO / "roles" / "monitoring"
+    """The prometheus and alertmanager roles' reload handlers, run for real as a converge
+    runs them."""
     playbook = tmp_path / "reload.yml"
     play = {
         "hosts": "modelserve",
         "become": True,
         "gather_facts": False,
-        # The role's vars only: its defaults would override the inventory's settings.
-        "vars_files": [str(role / "vars/main.yml")],
         "tasks": [
             {
                 "name": "Change nothing, but notify the reload handlers",
@@ -104,7 +103,10 @@ def run_reload_handlers(tmp_path: Path) -> None:
                 "notify": ["Reload prometheus", "Reload alertmanager"],
             }
         ],
-        "handlers": [{"ansible.builtin.import_tasks": str(role / "handlers/main.yml")}],
+        "handlers": [
+            {"ansible.builtin.import_tasks": str(REPO / "roles" / role / "handlers/main.yml")}
+            for role in ("prometheus", "alertmanager")
+        ],
     }
     playbook.write_text(json.dumps([play]))
     result = run_playbook(str(playbook))
