@@ -50,10 +50,12 @@ molecule: images
 # Not part of `make test`: needs the VM converged (make demo); takes about 7 minutes.
 # See benchmarks/README.md.
 bench: images
-	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	$(BIN)/python -m modelserve.bench.run $(BENCH_ARGS)
 
+# Run as a file by the system python3: it installs what the venv needs, so it comes before
+# the venv, and as a stdlib-only script it imports nothing of the package (nor its deps).
 host:
-	python3 tools/host_setup.py
+	python3 src/modelserve/testbed/host_setup.py
 
 venv: $(VENV)/.installed
 
@@ -65,4 +67,4 @@ $(VENV)/.installed: pyproject.toml requirements.txt requirements-model.txt image
 	touch $@
 
 images: host venv
-	$(BIN)/python tools/build_images.py
+	$(BIN)/python -m modelserve.testbed.images

@@ -1,5 +1,6 @@
--- wrk script of benchmarks/run.py: POST the reference input, then print one line of
--- JSON with the counts and latency percentiles (microseconds) for run.py to read.
+-- wrk script of the benchmark (modelserve.bench.run): POST the reference input, then
+-- print one line of JSON with the counts and latency percentiles (microseconds) for
+-- run.py to read.
 wrk.method = "POST"
 wrk.body = '{"data": [0.2, 0.6]}'
 wrk.headers["Content-Type"] = "application/json"

@@ -1,5 +1,5 @@
-"""Make the Python shipped by the project importable as top-level modules, as it is
-where it runs: the model delivery (inside TorchServe) and the locustfile's helpers."""
+"""Make the model delivery importable as top-level modules, as it is where it runs
+(inside TorchServe)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / "files" / "model"
-SHIPPED_DIRS = (MODEL_DIR, REPO / "roles" / "locust" / "files")
+SHIPPED_DIRS = (MODEL_DIR,)
 
 for directory in SHIPPED_DIRS:
     if str(directory) not in sys.path:

@@ -1,19 +1,13 @@
-"""benchmarks/: reading wrk and docker stats, ratios, targets and the tables."""
+"""The benchmark (modelserve.bench): reading wrk and docker stats, ratios, targets, tables."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-if str(BENCH_DIR) not in sys.path:
-    sys.path.insert(0, str(BENCH_DIR))
-
-import candidates  # noqa: E402
-import report  # noqa: E402
+from modelserve.bench import candidates, report, run
 
 WRK_OUTPUT = """Running 20s test @ http://127.0.0.1:8095/predict
   2 threads and 200 connections
@@ -296,9 +290,6 @@ def test_chart_is_a_png(tmp_path: Path) -> None:
 
 
 def test_rounds_rotate_the_order() -> None:
-    sys.path.insert(0, str(BENCH_DIR.parent / "tools"))
-    import run
-
     items = [1, 2, 3]
     orders = [run.rotation(items, r) for r in range(4)]
     assert orders == [[1, 2, 3], [2, 3, 1], [3, 1, 2], [1, 2, 3]]
@@ -335,9 +326,6 @@ def test_reference_settings_are_the_reference_projects() -> None:
 
 
 def test_torchserve_candidates_config() -> None:
-    sys.path.insert(0, str(BENCH_DIR.parent / "tools"))
-    import run
-
     reference = run.torchserve_properties(candidates.REFERENCE_TORCHSERVE)
     assert "default_workers_per_model=1" in reference
     assert "job_queue_size" not in reference and "number_of_netty_threads" not in reference

@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
-RUN = Path(__file__).resolve().parents[2] / "images" / "kafka" / "run.py"
-
-
-def load_run() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kafka_standin_run", RUN)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from modelserve.kafka_standin import run
 
 
 def option(argv: list[str], name: str) -> str:
@@ -22,7 +10,7 @@ def option(argv: list[str], name: str) -> str:
 
 
 def test_kraft_settings_of_the_role() -> None:
-    argv = load_run().tansu_argv(
+    argv = run.tansu_argv(
         {
             "KAFKA_LISTENERS": "PLAINTEXT://:9092,CONTROLLER://:9093",
             "KAFKA_ADVERTISED_LISTENERS": "PLAINTEXT://kafka:9092",
@@ -38,6 +26,6 @@ def test_kraft_settings_of_the_role() -> None:
 
 
 def test_controller_listener_is_never_served_to_clients() -> None:
-    argv = load_run().tansu_argv({"KAFKA_LISTENERS": "CONTROLLER://:9093,CLIENT://127.0.0.1:19092"})
+    argv = run.tansu_argv({"KAFKA_LISTENERS": "CONTROLLER://:9093,CLIENT://127.0.0.1:19092"})
     assert option(argv, "--listener-url") == "tcp://127.0.0.1:19092"
     assert option(argv, "--advertised-listener-url") == "tcp://localhost:19092"

@@ -7,7 +7,8 @@ import statistics
 
 import pytest
 from handler import InvalidRequest, parse_row
-from load_profile import MALFORMED_BODIES, LoadProfile, profile_from_env
+
+from modelserve.loadtest.load_profile import MALFORMED_BODIES, LoadProfile, profile_from_env
 
 
 def test_defaults_draw_from_the_training_distribution() -> None:

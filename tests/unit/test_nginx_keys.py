@@ -9,7 +9,10 @@ import threading
 import time
 from pathlib import Path
 
-TOOL = Path(__file__).resolve().parents[2] / "roles/nginx/files/nginx_torchserve_keys.py"
+from modelserve.hosttools import nginx_torchserve_keys
+
+# Run as a file, as the systemd unit runs it on the host (a standalone script there).
+TOOL = Path(nginx_torchserve_keys.__file__)
 
 
 def key_file(path: Path, inference: str) -> None:

@@ -1,20 +1,13 @@
-"""Reading wrk's summary (molecule/default/tests/wrk_summary.py) for every run time wrk
-can print: wrk's own formatting rules generate the inputs."""
+"""Reading wrk's summary (modelserve.wrk) for every run time wrk can print: wrk's own
+formatting rules generate the inputs."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-VERIFY_DIR = Path(__file__).resolve().parents[2] / "molecule" / "default" / "tests"
-if str(VERIFY_DIR) not in sys.path:
-    sys.path.insert(0, str(VERIFY_DIR))
-
-import wrk_summary  # noqa: E402
+from modelserve import wrk
 
 
 def wrk_format_time_us(us: float) -> tuple[str, float]:
@@ -37,7 +30,7 @@ def wrk_format_time_us(us: float) -> tuple[str, float]:
 @given(st.floats(min_value=0, max_value=10 * 3600 * 1e6, allow_nan=False))
 def test_every_run_time_wrk_prints_is_read_in_seconds(us: float) -> None:
     text, unit_s = wrk_format_time_us(us)
-    assert wrk_summary.parse_duration(text) == pytest.approx(us / 1e6, abs=0.005 * unit_s)
+    assert wrk.parse_duration(text) == pytest.approx(us / 1e6, abs=0.005 * unit_s)
 
 
 @pytest.mark.parametrize(
@@ -45,13 +38,13 @@ def test_every_run_time_wrk_prints_is_read_in_seconds(us: float) -> None:
     [("850.00us", 850e-6), ("12.50ms", 0.0125), ("20.00s", 20.0), ("1.14m", 68.4), ("2.00h", 7200)],
 )
 def test_each_unit(text: str, seconds: float) -> None:
-    assert wrk_summary.parse_duration(text) == pytest.approx(seconds)
+    assert wrk.parse_duration(text) == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize("text", ["", "1.14", "m", "1.14 min", "-1s", "1.14d"])
 def test_what_is_not_a_duration_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="not a wrk duration"):
-        wrk_summary.parse_duration(text)
+        wrk.parse_duration(text)
 
 
 @given(
@@ -74,7 +67,7 @@ def test_summary_counts_and_failures(
     if non_2xx:
         lines.append(f"  Non-2xx or 3xx responses: {non_2xx}")
     lines += ["Requests/sec:   1614.20", "Transfer/sec:    304.58KB"]
-    summary = wrk_summary.parse_summary("\n".join(lines) + "\n")
+    summary = wrk.parse_summary("\n".join(lines) + "\n")
     assert summary.requests == requests
     assert summary.duration_s == pytest.approx(us / 1e6, abs=0.005 * unit_s)
     assert summary.non_2xx == non_2xx
@@ -83,11 +76,11 @@ def test_summary_counts_and_failures(
 
 def test_the_run_that_failed_on_a_slower_machine() -> None:
     """Issue 11: `110125 requests in 1.14m` raised AttributeError in the swap test."""
-    summary = wrk_summary.parse_summary("  110125 requests in 1.14m, 20.00MB read\n")
+    summary = wrk.parse_summary("  110125 requests in 1.14m, 20.00MB read\n")
     assert (summary.requests, summary.failed) == (110125, 0)
     assert summary.duration_s == pytest.approx(68.4)
 
 
 def test_output_without_a_summary_says_so() -> None:
     with pytest.raises(ValueError, match="no 'N requests in T' line"):
-        wrk_summary.parse_summary("unable to connect to 127.0.0.1:8080 Connection refused\n")
+        wrk.parse_summary("unable to connect to 127.0.0.1:8080 Connection refused\n")

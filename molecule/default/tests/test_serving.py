@@ -24,7 +24,8 @@ from conftest import (
     run_playbook,
     torchserve_key,
 )
-from wrk_summary import parse_summary
+
+from modelserve.wrk import parse_summary
 
 TOLERANCE = 1e-6
 # Set by nginx's reload handlers while client connections drain (roles/nginx).

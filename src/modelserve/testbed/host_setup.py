@@ -4,6 +4,9 @@
 Installs the Debian packages the test bed needs and makes sure a Docker daemon
 answers. Hosts without systemd (containers, CI sandboxes) get `dockerd` started
 in the background; everything is a no-op when already in place.
+
+Standard library only, and no import of the package: `make host` runs this file with the
+system python3, before the venv exists.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What benchmarks/run.py compares, and with which settings: the one place to read them.
+"""What the benchmark (modelserve.bench.run) compares, and with which settings: one place.
 
 The tuned TorchServe candidate and the floor's nginx take their settings from the role
 defaults, so the benchmark always measures what a converge deploys; ``--set`` overrides
@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from modelserve.bench import REPO
+
 TORCHSERVE_DEFAULTS = REPO / "roles" / "torchserve" / "defaults" / "main.yml"
 NGINX_DEFAULTS = REPO / "roles" / "nginx" / "defaults" / "main.yml"
 

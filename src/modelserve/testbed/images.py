@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Build the images the test bed needs, from Debian's archive and PyPI only.
 
 No container registry can be reached from the build machines, so every image is
@@ -9,10 +8,10 @@ built here:
 * one stand-in per service image, honouring the official image's contract
   (entrypoint, ports, paths, user) so the roles run unmodified against either.
 
-Each image is rebuilt only when its build directory (or its parent) changed: the
-hash of its inputs is stored in an image label. Service images are also saved as
-tarballs into the offline image directory, which the `docker` role loads on an
-air-gapped host exactly as it does in the tests.
+Each image is rebuilt only when its inputs (its build directory, the package modules it
+copies) or its parent changed: the hash of its inputs is stored in an image label.
+Service images are also saved as tarballs into the offline image directory, which the
+`docker` role loads on an air-gapped host exactly as it does in the tests.
 """
 
 from __future__ import annotations
@@ -28,7 +27,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+# The checkout this module is in (src/modelserve/testbed/): the package is installed editable.
+REPO = Path(__file__).resolve().parents[3]
+PACKAGE_DIR = REPO / "src" / "modelserve"
 IMAGES_DIR = REPO / "images"
 CACHE = REPO / ".cache"
 HASH_LABEL = "org.modelserve.inputs-sha256"
@@ -45,10 +46,25 @@ class ImageSpec:
     tag: str
     offline: bool  # saved as a tarball for hosts (and the Molecule VM) to load
     root: Path = IMAGES_DIR  # where `directory` is (benchmarks/images for its own image)
+    # Modules of the package (paths under src/modelserve/) that the Dockerfile copies: put
+    # at the top of the build context under their own names, as if they were in `directory`.
+    package_files: tuple[str, ...] = ()
 
     @property
     def source(self) -> Path:
         return self.root / self.directory
+
+    def inputs(self) -> dict[Path, Path]:
+        """Every file of the build context by its path there (no bytecode caches)."""
+        files = {
+            path.relative_to(self.source): path
+            for path in self.source.rglob("*")
+            if path.is_file() and "__pycache__" not in path.parts
+        }
+        for module in self.package_files:
+            path = PACKAGE_DIR / module
+            files[Path(path.name)] = path
+        return files
 
 
 IMAGES = (
@@ -60,7 +76,12 @@ IMAGES = (
     ImageSpec("alertmanager", "modelserve-local/alertmanager:v0.27.0", offline=True),
     ImageSpec("node-exporter", "modelserve-local/node-exporter:v1.8.2", offline=True),
     ImageSpec("nginx-exporter", "modelserve-local/nginx-exporter:1.3.0", offline=True),
-    ImageSpec("kafka", "modelserve-local/kafka:3.9.0", offline=True),
+    ImageSpec(
+        "kafka",
+        "modelserve-local/kafka:3.9.0",
+        offline=True,
+        package_files=("kafka_standin/run.py", "kafka_standin/kafka_topics.py"),
+    ),
     ImageSpec("python", "modelserve-local/python:3.11-slim-bookworm", offline=True),
 )
 # Wheels an air-gapped host needs for images the roles build there (the drift image),
@@ -148,9 +169,8 @@ def download_wheels(spec: ImageSpec) -> Path | None:
 def inputs_hash(spec: ImageSpec) -> str:
     digest = hashlib.sha256()
     digest.update((image_id(BASE_TAG) or "").encode())
-    source = spec.source
-    for path in sorted(p for p in source.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(source)).encode())
+    for name, path in sorted(spec.inputs().items()):
+        digest.update(str(name).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -163,7 +183,9 @@ def build(spec: ImageSpec) -> None:
     wheelhouse = download_wheels(spec)
     context = CACHE / "build" / spec.directory
     shutil.rmtree(context, ignore_errors=True)
-    shutil.copytree(spec.source, context)
+    for name, path in spec.inputs().items():
+        (context / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, context / name)
     wheels = context / "wheelhouse"
     wheels.mkdir(exist_ok=True)
     if wheelhouse is not None:

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: our stack against the HTTP floor, TorchServe as the reference project ran
 it, FastAPI, and TorchServe with our settings, in one run, with one load tool.
 
@@ -9,7 +8,7 @@ Docker, published on 127.0.0.1; candidate 5 is the converged Molecule VM's nginx
 (``MODELSERVE_INSTANCE``, ``MODELSERVE_HTTP_PORT``). Writes
 ``benchmarks/results/<timestamp>/`` with results.md, results.json and chart.png.
 
-Usage: ``make bench`` or ``python benchmarks/run.py [--only 1 5] [--set batch_size=16]``.
+Usage: ``make bench`` or ``python -m modelserve.bench.run [--only 1 5] [--set batch_size=16]``.
 """
 
 from __future__ import annotations
@@ -31,25 +30,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-
-import build_images
-import candidates as cfg
 import jinja2
-import report
+
+from modelserve.bench import DATA_DIR, REPO, report
+from modelserve.bench import candidates as cfg
+from modelserve.testbed import images as build_images
 
 T = TypeVar("T")
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 MODEL_DIR = REPO / "files" / "model"
-POST_SCRIPT = HERE / "post.lua"
+POST_SCRIPT = DATA_DIR / "post.lua"
 LOG_TEMPLATE = REPO / "roles" / "torchserve" / "templates" / "log4j2.xml.j2"
 LOG_CONFIG = "/home/model-server/log4j2.xml"
 TORCHSERVE_IMAGE = "modelserve-local/torchserve:0.12.0-cpu"
 NGINX_IMAGE = "modelserve-local/nginx:1.27"
 FASTAPI_SPEC = build_images.ImageSpec(
-    "fastapi", "modelserve-local/fastapi-bench:latest", offline=False, root=HERE / "images"
+    "fastapi", "modelserve-local/fastapi-bench:latest", offline=False, root=DATA_DIR / "images"
 )
 CONTAINER_PREFIX = "modelserve-benchmark-"
 HOST_PORT = {1: 18181, 2: 18182, 3: 18183, 4: 18184}
@@ -452,7 +447,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--stack-port", type=int, default=int(os.environ.get("MODELSERVE_HTTP_PORT", "8080"))
     )
-    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--results", type=Path, default=DATA_DIR / "results")
     return parser.parse_args(argv)
 
 
@@ -596,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         log("matplotlib is missing: no chart (pip install -r benchmarks/requirements.txt)")
     print(markdown)
     log(f"written {args.out}/results.md, results.json, chart.png")
-    log(f"publish it in benchmarks/README.md: python benchmarks/report.py publish {args.out}")
+    log(f"publish it in benchmarks/README.md: python -m modelserve.bench.report publish {args.out}")
     return 0
 
 

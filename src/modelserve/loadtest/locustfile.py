@@ -12,6 +12,10 @@ so the same file drives plain load tests and drift tests:
 
 A malformed request counts as a success when it gets 400 (that is the contract), a
 valid one only when it gets 200 with a finite "output".
+
+The locust role mounts this file at the top of Locust's directory and load_profile.py
+under modelserve/loadtest/ beside it: Locust puts the locustfile's directory on sys.path,
+so the import below finds it there as it does in the package.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ import math
 import os
 import random
 
-from load_profile import MALFORMED_BODIES, profile_from_env
 from locust import FastHttpUser, constant, task
+
+from modelserve.loadtest.load_profile import MALFORMED_BODIES, profile_from_env
 
 PROFILE = profile_from_env(dict(os.environ))
 
