@@ -13,6 +13,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -20,8 +21,43 @@ import requests
 REPO = Path(__file__).resolve().parents[3]
 BASE_URL = f"http://127.0.0.1:{os.environ.get('MODELSERVE_HTTP_PORT', '8080')}"
 REFERENCE_INPUT = [0.2, 0.6]
-COLOURS = ("blue", "green")
-FACT_FILE = "/etc/ansible/facts.d/modelserve.fact"
+
+
+def bluegreen_contract() -> dict[str, Any]:
+    """The bluegreen role's defaults and vars, rendered by Ansible's own templating: the
+    colours, their addresses and ports, and the fact paths, read from their one home."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.plugins.loader import init_plugin_loader
+    from ansible.template import Templar
+
+    init_plugin_loader()
+    loader = DataLoader()
+    variables: dict[str, Any] = {}
+    for part in ("defaults", "vars"):
+        path = REPO / "roles/bluegreen" / part / "main.yml"
+        variables.update(loader.load_from_file(str(path), trusted_as_template=True))
+    templar = Templar(loader=loader, variables=variables)
+    return {name: templar.template(value) for name, value in variables.items()}
+
+
+CONTRACT = bluegreen_contract()
+COLOURS: tuple[str, ...] = tuple(CONTRACT["bluegreen_colours"])
+FACT_FILE: str = CONTRACT["bluegreen_active_colour_fact_file"]
+
+
+def colour_port(colour: str, api: str) -> int:
+    """A colour's host port (127.0.0.1) of its "inference", "management" or "metrics" API."""
+    return int(CONTRACT["bluegreen_colours"][colour]["ports"][api])
+
+
+def colour_container(colour: str) -> str:
+    """The name of a colour's TorchServe container."""
+    return str(CONTRACT["bluegreen_colours"][colour]["container"])
+
+
+def colour_server(colour: str) -> str:
+    """address:port at which nginx reaches a colour on the stack network."""
+    return f"{CONTRACT['bluegreen_colours'][colour]['address']}:8080"
 
 
 @dataclass
@@ -93,7 +129,7 @@ def reference_output() -> float:
 def torchserve_key(host, colour: str, kind: str = "management") -> str:
     """A colour's API key ("management" or "inference"), as TorchServe wrote it at its
     last start (read on the host as root, as the playbooks do)."""
-    path = f"/opt/modelserve/torchserve/{colour}/keys/key_file.json"
+    path = CONTRACT["bluegreen_key_files"][colour]
     return json.loads(host.file(path).content_string)[kind]["key"]
 
 
@@ -102,4 +138,5 @@ def active_colour(host) -> str:
 
 
 def idle_colour(colour: str) -> str:
+    """The colour /test/predict goes to: the first that is not production."""
     return next(c for c in COLOURS if c != colour)

@@ -17,9 +17,13 @@ import requests
 import yaml
 from conftest import (
     BASE_URL,
+    COLOURS,
     REFERENCE_INPUT,
     REPO,
     active_colour,
+    colour_container,
+    colour_port,
+    colour_server,
     idle_colour,
     predict,
     run_playbook,
@@ -36,7 +40,7 @@ VALID_CONNECTIONS = 30
 
 
 def management(host, colour: str, path: str) -> object:
-    port = {"blue": 8181, "green": 8281}[colour]
+    port = colour_port(colour, "management")
     auth = f"Authorization: Bearer {torchserve_key(host, colour)}"
     return json.loads(host.check_output(f"curl -sf -H '{auth}' http://127.0.0.1:{port}{path}"))
 
@@ -60,7 +64,7 @@ def frontend_pid(host, container: str) -> int:
 
 def container_name_of(host, pid: int) -> str:
     cgroup = host.file(f"/proc/{pid}/cgroup").content_string
-    for name in ("torchserve-blue", "torchserve-green"):
+    for name in map(colour_container, COLOURS):
         if container_state(host, name)["Id"] in cgroup:
             return name
     return ""
@@ -70,7 +74,7 @@ def container_name_of(host, pid: int) -> str:
 def test_crashed_production_server_comes_back_within_60s(host, victim: str) -> None:
     # A crash, not `docker kill`: Docker treats a kill through its API as a manual
     # stop and its restart policy leaves the container down on purpose.
-    container = f"torchserve-{active_colour(host)}"
+    container = colour_container(active_colour(host))
     before = container_state(host, container)
     pid = before["State"]["Pid"] if victim == "container" else frontend_pid(host, container)
     assert host.run(f"kill -9 {pid}").rc == 0
@@ -106,7 +110,9 @@ def test_killed_worker_is_replaced_and_requests_succeed(host) -> None:
         traffic = pool.submit(timed_predictions, 200)
         time.sleep(0.2)
         # The image has no kill binary; the shell's builtin does.
-        assert host.run(f"docker exec torchserve-{colour} sh -c 'kill -9 {before[0]}'").rc == 0
+        assert (
+            host.run(f"docker exec {colour_container(colour)} sh -c 'kill -9 {before[0]}'").rc == 0
+        )
         results = traffic.result()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(worker_pids(host, colour)) < len(before):
@@ -126,7 +132,7 @@ def test_swap_to_a_config_that_does_not_validate_is_refused(host) -> None:
     production = active_colour(host)
     target = idle_colour(production)
     before = host.file(UPSTREAMS).content_string
-    servers = {"blue": "172.30.0.10:8080", "green": "172.30.0.11:8080"}
+    servers = {colour: colour_server(colour) for colour in COLOURS}
     broken = {"nginx_colour_servers": {**servers, target: "no-such-host:8080"}}
     result = run_playbook("swap.yml", "-e", f"target={target}", "-e", json.dumps(broken))
     assert result.returncode != 0
@@ -220,7 +226,7 @@ class ApiContract:
 def test_fuzzed_requests_get_documented_answers_and_no_worker_dies(host) -> None:
     contract = ApiContract(REPO / "files/openapi.yaml")
     rng = random.Random(20261125)
-    pids = {colour: worker_pids(host, colour) for colour in ("blue", "green")}
+    pids = {colour: worker_pids(host, colour) for colour in COLOURS}
     by_status: Counter[int] = Counter()
     with requests.Session() as session:
         for _ in range(FUZZ_REQUESTS):
@@ -241,7 +247,7 @@ def test_fuzzed_requests_get_documented_answers_and_no_worker_dies(host) -> None
     print(
         f"fuzz: {by_status.total()} requests, answers by status {dict(sorted(by_status.items()))}"
     )
-    assert {colour: worker_pids(host, colour) for colour in ("blue", "green")} == pids
+    assert {colour: worker_pids(host, colour) for colour in COLOURS} == pids
     assert predict("/predict").status_code == 200
 
 

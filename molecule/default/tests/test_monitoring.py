@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from conftest import BASE_URL, REFERENCE_INPUT, REPO, run_ansible
+from conftest import BASE_URL, COLOURS, REFERENCE_INPUT, REPO, run_ansible
 
 PROMETHEUS = "http://127.0.0.1:9090"
 ALERTMANAGER = "http://127.0.0.1:9093"
@@ -53,7 +53,7 @@ def test_every_scrape_target_is_up(host) -> None:
     jobs = {t["labels"]["job"] for t in targets}
     assert jobs >= {"prometheus", "alertmanager", "torchserve", "node", "nginx"}
     colours = {t["labels"].get("colour") for t in targets if t["labels"]["job"] == "torchserve"}
-    assert colours == {"blue", "green"}
+    assert colours == set(COLOURS)
 
 
 def test_alert_rules_are_loaded(host) -> None:

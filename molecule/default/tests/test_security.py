@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import shlex
@@ -14,7 +15,10 @@ import pytest
 import requests
 from conftest import (
     COLOURS,
+    CONTRACT,
     active_colour,
+    colour_container,
+    colour_port,
     idle_colour,
     predict,
     run_ansible,
@@ -25,12 +29,18 @@ from conftest import (
 PUBLIC_PORTS = {80}
 # On the VM's loopback: the UIs (Locust, Prometheus, Alertmanager) and TorchServe's
 # inference and management APIs (which need their keys even there).
-LOOPBACK_ONLY = {8089, 8180, 8181, 8280, 8281, 9090, 9093}
+LOOPBACK_ONLY = {8089, 9090, 9093} | {
+    colour_port(colour, api) for colour in COLOURS for api in ("inference", "management")
+}
 # Ports the stack's containers listen on inside the stack network, never published:
 # TorchServe (8080-8082), nginx's stub_status (8081), node and nginx exporters, Grafana,
 # the drift consumer's and producer's metrics (8000, 8001), Kafka (9092, no
-# authentication), TorchServe's metrics (host ports 8182, 8282 unless asked for).
-UNPUBLISHED = {3000, 8000, 8001, 8080, 8081, 8082, 8182, 8282, 9092, 9100, 9113}
+# authentication), TorchServe's metrics (their host ports unless asked for).
+UNPUBLISHED = {3000, 8000, 8001, 8080, 8081, 8082, 9092, 9100, 9113} | {
+    colour_port(colour, "metrics") for colour in COLOURS
+}
+# The stack network (the bluegreen role's contract).
+NETWORK: str = CONTRACT["bluegreen_network_name"]
 
 
 def listening(host) -> dict[int, set[str]]:
@@ -68,7 +78,7 @@ def neighbour(host, command: str):
     which has bash and curl): what any other container there can do."""
     image = host.check_output("docker inspect -f '{{.Config.Image}}' nginx")
     return host.run(
-        f"docker run --rm --network modelserve --entrypoint sh {image} -c {shlex.quote(command)}"
+        f"docker run --rm --network {NETWORK} --entrypoint sh {image} -c {shlex.quote(command)}"
     )
 
 
@@ -92,8 +102,8 @@ def refused_for_its_key(answer: tuple[int, str]) -> bool:
 
 def management_url(where: str, colour: str) -> str:
     if where == "host":
-        return f"http://127.0.0.1:{ {'blue': 8181, 'green': 8281}[colour] }"
-    return f"http://torchserve-{colour}:8081"
+        return f"http://127.0.0.1:{colour_port(colour, 'management')}"
+    return f"http://{colour_container(colour)}:8081"
 
 
 @pytest.mark.parametrize("where", ["host", "stack"])
@@ -118,9 +128,9 @@ def test_inference_api_needs_its_key(host, where: str) -> None:
     clients without one)."""
     colour = active_colour(host)
     if where == "host":
-        url = f"http://127.0.0.1:{ {'blue': 8180, 'green': 8280}[colour] }/ping"
+        url = f"http://127.0.0.1:{colour_port(colour, 'inference')}/ping"
     else:
-        url = f"http://torchserve-{colour}:8080/ping"
+        url = f"http://{colour_container(colour)}:8080/ping"
     assert refused_for_its_key(status_of(host, where, "GET", url))
     assert (
         status_of(host, where, "GET", url, key=torchserve_key(host, colour, "inference"))[0] == 200
@@ -177,8 +187,7 @@ def test_management_api_is_not_reachable_through_nginx(host) -> None:
 
 def test_containers_have_memory_limits_and_read_only_config(host) -> None:
     for name in (
-        "torchserve-blue",
-        "torchserve-green",
+        *map(colour_container, COLOURS),
         "nginx",
         "prometheus",
         "locust",
@@ -191,7 +200,7 @@ def test_containers_have_memory_limits_and_read_only_config(host) -> None:
         writable = [m["Destination"] for m in config_mounts if m["RW"]]
         # Prometheus's data; TorchServe's working directory, where it writes its keys.
         assert writable in ([], ["/prometheus"], ["/home/model-server/keys"]), (name, writable)
-    torchserve = json.loads(host.check_output("docker inspect torchserve-green"))[0]
+    torchserve = json.loads(host.check_output(f"docker inspect {colour_container(COLOURS[-1])}"))[0]
     assert torchserve["Config"]["User"] in ("model-server", "1000")
 
 
@@ -206,10 +215,11 @@ RATE_TEST_DIR = "/tmp/modelserve-rate-limit-test"
 RATE_TEST_CONTAINER = "nginx-rate-limit-test"
 RATE_TEST_PORT = 18099
 TEMPLATE = "roles/nginx/templates/modelserve.conf.j2"
-# Clients of the rate-limit test on the stack network (172.30.0.0/24): a trusted load
-# generator, and a trusted proxy (a load balancer) with clients behind it.
-TRUSTED_CLIENT = "172.30.0.250"
-TRUSTED_PROXY = "172.30.0.251"
+# Clients of the rate-limit test on the stack network (.250 and .251 of its subnet): a
+# trusted load generator, and a trusted proxy (a load balancer) with clients behind it.
+SUBNET = ipaddress.ip_network(CONTRACT["bluegreen_network_subnet"])
+TRUSTED_CLIENT = str(SUBNET[250])
+TRUSTED_PROXY = str(SUBNET[251])
 # 30 POSTs of the reference input back to back; prints their status codes (and keeps
 # the bodies in $OUT when set). Arguments: the base URL, then the client addresses a
 # proxy reports (X-Forwarded-For), in turn.
@@ -232,7 +242,7 @@ def post_30(host, *forwarded_for: str, client: str = "") -> list[str]:
         return host.check_output(f"OUT={RATE_TEST_DIR} sh {RATE_TEST_DIR}/post.sh {url}").split()
     image = host.check_output("docker inspect -f '{{.Config.Image}}' nginx")
     return host.check_output(
-        f"docker run --rm --network modelserve --ip {client} -v {RATE_TEST_DIR}:/t:ro"
+        f"docker run --rm --network {NETWORK} --ip {client} -v {RATE_TEST_DIR}:/t:ro"
         f" --entrypoint sh {image} /t/post.sh http://{RATE_TEST_CONTAINER} "
         + " ".join(forwarded_for)
     ).split()
@@ -263,6 +273,7 @@ def test_rate_limit_answers_429_beyond_the_rate(host) -> None:
     rendered = run_ansible(
         "ansible", "modelserve", "-m", "ansible.builtin.template",
         "-a", f"src={TEMPLATE} dest={RATE_TEST_DIR}/conf.d/modelserve.conf",
+        "-e", "@roles/bluegreen/defaults/main.yml", "-e", "@roles/bluegreen/vars/main.yml",
         "-e", "@roles/nginx/defaults/main.yml", "-e", "@roles/nginx/vars/main.yml",
         "-e", "nginx_rate_limit_per_second=1", "-e", "nginx_rate_limit_burst=0",
         "-e", trusted, timeout=120,
@@ -271,7 +282,7 @@ def test_rate_limit_answers_429_beyond_the_rate(host) -> None:
     image = host.check_output("docker inspect -f '{{.Config.Image}}' nginx")
     try:
         host.check_output(
-            f"docker run -d --name {RATE_TEST_CONTAINER} --network modelserve"
+            f"docker run -d --name {RATE_TEST_CONTAINER} --network {NETWORK}"
             f" -p 127.0.0.1:{RATE_TEST_PORT}:80"
             f" -v /opt/modelserve/nginx/nginx.conf:/etc/nginx/nginx.conf:ro"
             f" -v {RATE_TEST_DIR}/conf.d:/etc/nginx/conf.d:ro {image}"
@@ -342,7 +353,7 @@ def test_nginx_gets_a_restarted_colour_new_key(host) -> None:
     colour = idle_colour(active_colour(host))
     before = torchserve_key(host, colour, "inference")
     failures: list[int] = []
-    host.check_output(f"docker restart torchserve-{colour}")
+    host.check_output(f"docker restart {colour_container(colour)}")
     started = time.monotonic()
     recovered = None
     with requests.Session() as session:

@@ -16,9 +16,11 @@ import requests
 from conftest import (
     BASE_URL,
     COLOURS,
+    CONTRACT,
     FACT_FILE,
     REFERENCE_INPUT,
     active_colour,
+    colour_port,
     idle_colour,
     predict,
     run_playbook,
@@ -30,14 +32,17 @@ from modelserve.wrk import parse_summary
 TOLERANCE = 1e-6
 # Set by nginx's reload handlers while client connections drain (roles/nginx).
 DRAIN_FLAG = "/opt/modelserve/nginx/state/drain"
+# Production after the first converge, and the colour a swap without target goes to.
+INITIAL: str = CONTRACT["bluegreen_initial_colour"]
+OTHER = idle_colour(INITIAL)
 
 
 @pytest.fixture
-def green_is_production():
-    """Start, and leave the VM, with green in production, as the converge left it."""
-    assert run_playbook("swap.yml", "-e", "target=green").returncode == 0
+def initial_is_production():
+    """Start, and leave the VM, with the initial colour in production, as the converge left it."""
+    assert run_playbook("swap.yml", "-e", f"target={INITIAL}").returncode == 0
     yield
-    assert run_playbook("swap.yml", "-e", "target=green").returncode == 0
+    assert run_playbook("swap.yml", "-e", f"target={INITIAL}").returncode == 0
 
 
 @pytest.mark.parametrize("route", ["/predict", "/test/predict"])
@@ -50,51 +55,51 @@ def test_routes_answer_the_reference_input(route: str, reference_output: float) 
 
 def test_colour_header_names_active_and_idle_colour(host) -> None:
     active = active_colour(host)
-    assert active == "green"
+    assert active == INITIAL
     assert predict("/predict").headers["X-Model-Colour"] == active
     assert predict("/test/predict").headers["X-Model-Colour"] == idle_colour(active)
 
 
-@pytest.mark.usefixtures("green_is_production")
-def test_swap_to_blue_and_back(host) -> None:
-    to_blue = run_playbook("swap.yml", "-e", "target=blue")
-    assert to_blue.returncode == 0, to_blue.output
-    assert to_blue.changed > 0
-    assert active_colour(host) == "blue"
-    assert predict("/predict").headers["X-Model-Colour"] == "blue"
-    assert predict("/test/predict").headers["X-Model-Colour"] == "green"
+@pytest.mark.usefixtures("initial_is_production")
+def test_swap_to_the_idle_colour_and_back(host) -> None:
+    to_other = run_playbook("swap.yml", "-e", f"target={OTHER}")
+    assert to_other.returncode == 0, to_other.output
+    assert to_other.changed > 0
+    assert active_colour(host) == OTHER
+    assert predict("/predict").headers["X-Model-Colour"] == OTHER
+    assert predict("/test/predict").headers["X-Model-Colour"] == idle_colour(OTHER)
     # The reload's drain is over: connections are kept alive again.
     assert not host.file(DRAIN_FLAG).exists
     assert predict("/predict").headers["Connection"] == "keep-alive"
 
-    again = run_playbook("swap.yml", "-e", "target=blue")
+    again = run_playbook("swap.yml", "-e", f"target={OTHER}")
     assert again.returncode == 0, again.output
     assert again.changed == 0, again.output
 
-    back = run_playbook("swap.yml", "-e", "target=green")
+    back = run_playbook("swap.yml", "-e", f"target={INITIAL}")
     assert back.returncode == 0, back.output
-    assert predict("/predict").headers["X-Model-Colour"] == "green"
+    assert predict("/predict").headers["X-Model-Colour"] == INITIAL
 
 
-@pytest.mark.usefixtures("green_is_production")
+@pytest.mark.usefixtures("initial_is_production")
 def test_swap_without_target_flips(host) -> None:
     flip = run_playbook("swap.yml")
     assert flip.returncode == 0, flip.output
-    assert active_colour(host) == "blue"
-    assert predict("/predict").headers["X-Model-Colour"] == "blue"
+    assert active_colour(host) == OTHER
+    assert predict("/predict").headers["X-Model-Colour"] == OTHER
 
 
-@pytest.mark.usefixtures("green_is_production")
-@pytest.mark.parametrize("target", ["purple", "blue; rm -rf /", "1"])
+@pytest.mark.usefixtures("initial_is_production")
+@pytest.mark.parametrize("target", ["purple", f"{OTHER}; rm -rf /", "1"])
 def test_bad_target_fails_clearly_and_changes_nothing(host, target: str) -> None:
     upstreams = "/opt/modelserve/nginx/conf.d/upstreams.conf"
     before = (host.file(upstreams).content_string, host.file(FACT_FILE).content_string)
     result = run_playbook("swap.yml", "-e", f"target={target}")
     assert result.returncode != 0
-    assert "target must be one of blue, green" in result.output
+    assert f"target must be one of {', '.join(COLOURS)}" in result.output
     after = (host.file(upstreams).content_string, host.file(FACT_FILE).content_string)
     assert after == before
-    assert predict("/predict").headers["X-Model-Colour"] == "green"
+    assert predict("/predict").headers["X-Model-Colour"] == INITIAL
 
 
 MALFORMED = {
@@ -115,7 +120,7 @@ MALFORMED = {
 
 
 def worker_pids(host, colour: str) -> list[int]:
-    port = {"blue": 8181, "green": 8281}[colour]
+    port = colour_port(colour, "management")
     auth = f"Authorization: Bearer {torchserve_key(host, colour)}"
     models = json.loads(
         host.check_output(f"curl -sf -H '{auth}' http://127.0.0.1:{port}/models/model")
@@ -158,7 +163,7 @@ def test_access_logs_are_separate_per_route(host) -> None:
     assert marker in production_log and marker not in test_log
     assert test_marker in test_log and test_marker not in production_log
     entry = json.loads(next(line for line in production_log.splitlines() if marker in line))
-    assert entry["status"] == 200 and entry["colour"] == "green"
+    assert entry["status"] == 200 and entry["colour"] == INITIAL
 
 
 WRK_POST = "\n".join(
@@ -203,7 +208,7 @@ def slowest_tasks(playbook_output: str, count: int = 5) -> list[str]:
     return [f"{seconds:>7}s  {task}" for task, seconds in timings[:count]]
 
 
-@pytest.mark.usefixtures("green_is_production")
+@pytest.mark.usefixtures("initial_is_production")
 def test_no_request_fails_across_a_swap_under_load(tmp_path: Path) -> None:
     """50 kept-alive connections against /predict while swap.yml runs, from 5 s before
     the swap until 3 s after it. wrk's own limit (300 s) only bounds a hung swap: on a
@@ -218,7 +223,7 @@ def test_no_request_fails_across_a_swap_under_load(tmp_path: Path) -> None:
     try:
         time.sleep(5)
         started = time.monotonic()
-        swap = run_playbook("swap.yml", "-e", "target=blue")
+        swap = run_playbook("swap.yml", "-e", f"target={OTHER}")
         swap_s = time.monotonic() - started
         time.sleep(3)
     finally:
@@ -238,13 +243,13 @@ def test_no_request_fails_across_a_swap_under_load(tmp_path: Path) -> None:
     assert load.duration_s < WRK_LIMIT_S - 2, "wrk ran out of time before the swap ended"
     assert load.requests > 1000
     assert load.failed == 0, output
-    assert predict("/predict").headers["X-Model-Colour"] == "blue"
+    assert predict("/predict").headers["X-Model-Colour"] == OTHER
 
 
 def test_status_playbook_reports_both_colours() -> None:
     status = run_playbook("status.yml")
     assert status.returncode == 0, status.output
-    assert "production: green" in status.output
+    assert f"production: {INITIAL}" in status.output
     for colour in COLOURS:
         assert re.search(rf"{colour}: healthy, model model version 1\.0", status.output), (
             status.output
