@@ -1,5 +1,6 @@
-"""Make the Python shipped by the project importable as top-level modules, as it is
-where it runs: the model delivery (inside TorchServe) and the locustfile's helpers."""
+"""Make the Python shipped outside the package importable as top-level modules, as it
+is where it runs: the demo model delivery (its make_weights.py imports model.py by name)
+and the locustfile's helpers. The platform's own code is the installed `modelserve`."""
 
 from __future__ import annotations
 

@@ -6,8 +6,9 @@ import random
 import statistics
 
 import pytest
-from handler import InvalidRequest, parse_row
 from load_profile import MALFORMED_BODIES, LoadProfile, profile_from_env
+
+from modelserve.handler import InvalidRequest, parse_row
 
 
 def test_defaults_draw_from_the_training_distribution() -> None:
