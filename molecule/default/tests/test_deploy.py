@@ -40,7 +40,8 @@ OWN_HANDLER = textwrap.dedent(
         if data is None:
             return None
         answers = []
-        for request in data:
+        for idx, request in enumerate(data):
+            context.set_response_content_type(idx, "application/json")
             body = request.get("body", request.get("data"))
             row = body if isinstance(body, dict) else json.loads(bytes(body))
             with torch.no_grad():
@@ -204,7 +205,7 @@ def test_a_model_delivered_without_a_handler_is_validated_and_counted(host, new_
     ]
     result = deploy(model_dir, "2.2", new_output, "-e", "swap=true")
     assert result.returncode == 0, result.output
-    assert "own handler" not in result.output
+    assert "WARNING: the model runs its own handler" not in result.output
     colour, output = answer("/predict")
     assert colour == "blue" and abs(output - new_output) <= TOLERANCE
 
