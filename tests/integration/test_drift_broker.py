@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-DRIFT_DIR = REPO / "roles" / "kafka_drift" / "files"
+SRC_DIR = REPO / "src"
 # Group joins with Tansu take about half the session timeout: keep it short here.
 SESSION_TIMEOUT_MS = 3000
 
@@ -129,7 +129,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 def drift_env(broker: Broker, **extra: str) -> dict[str, str]:
     env = {
         **os.environ,
-        "PYTHONPATH": str(DRIFT_DIR),
+        "PYTHONPATH": str(SRC_DIR),
         "DRIFT_BOOTSTRAP_SERVERS": broker.address,
         "DRIFT_TOPIC": "trainingdata",
         "DRIFT_METRICS_ADDR": "127.0.0.1",
@@ -152,7 +152,7 @@ def produce(broker: Broker, count: int, rate: float, seed: int, timeout: float) 
         DRIFT_PRODUCER_METRICS_PORT="0",
     )
     done = subprocess.run(
-        [sys.executable, "-m", "drift.producer", "--create-topic"],
+        [sys.executable, "-m", "modelserve.drift.producer", "--create-topic"],
         env=env,
         capture_output=True,
         timeout=timeout,
@@ -163,7 +163,7 @@ def produce(broker: Broker, count: int, rate: float, seed: int, timeout: float) 
 
 def create_topic(broker: Broker) -> None:
     subprocess.run(
-        [sys.executable, "-m", "drift.producer", "--only-create-topic"],
+        [sys.executable, "-m", "modelserve.drift.producer", "--only-create-topic"],
         env=drift_env(broker),
         capture_output=True,
         timeout=60,
@@ -181,7 +181,7 @@ def start_producer(broker: Broker, count: int, rate: float, seed: int, log: Path
         DRIFT_PRODUCER_METRICS_PORT="0",
     )
     return subprocess.Popen(
-        [sys.executable, "-m", "drift.producer", "--create-topic"],
+        [sys.executable, "-m", "modelserve.drift.producer", "--create-topic"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=log.open("ab"),
@@ -209,7 +209,7 @@ class Consumer:
         )
         self.log = log
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "drift.consumer"],
+            [sys.executable, "-m", "modelserve.drift.consumer"],
             env=env,
             stdout=log.open("ab"),
             stderr=subprocess.STDOUT,

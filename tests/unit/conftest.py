@@ -1,5 +1,6 @@
-"""Make the model delivery importable as top-level modules, as it is where it runs
-(inside TorchServe)."""
+"""Make the demo model delivery importable as top-level modules, as it is where it runs
+(its make_weights.py imports model.py by name). The platform's own code is the installed
+`modelserve`."""
 
 from __future__ import annotations
 

@@ -5,24 +5,19 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import TopicPartition
+from kafka.errors import KafkaTimeoutError
+from prometheus_client import CollectorRegistry, generate_latest
 
-DRIFT_DIR = Path(__file__).resolve().parents[2] / "roles" / "kafka_drift" / "files"
-if str(DRIFT_DIR) not in sys.path:
-    sys.path.insert(0, str(DRIFT_DIR))
-
-from drift import consumer as dc  # noqa: E402
-from drift.envconfig import ConfigError, bucket_edges  # noqa: E402
-from drift.producer import MALFORMED, ProducerConfig, Tally, make_message  # noqa: E402
-from drift.stats import DEFAULT_EDGES  # noqa: E402
-from kafka import TopicPartition  # noqa: E402
-from kafka.errors import KafkaTimeoutError  # noqa: E402
-from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
+from modelserve.buckets import DEFAULT_EDGES
+from modelserve.drift import consumer as dc
+from modelserve.drift.envconfig import ConfigError, bucket_edges
+from modelserve.drift.producer import MALFORMED, ProducerConfig, Tally, make_message
 
 FEATURES = ("x1", "x2")
 EDGES = dict.fromkeys(FEATURES, DEFAULT_EDGES)

@@ -1,34 +1,25 @@
-"""drift.stats against numpy: running moments, merge, buckets, PSI and the z-score."""
+"""Drift statistics and buckets against numpy: moments, merge, buckets, PSI and the z-score."""
 
 from __future__ import annotations
 
 import math
 import random
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from prometheus_client.utils import floatToGoString
 
-DRIFT_DIR = Path(__file__).resolve().parents[2] / "roles" / "kafka_drift" / "files"
-if str(DRIFT_DIR) not in sys.path:
-    sys.path.insert(0, str(DRIFT_DIR))
-
-from drift.stats import (  # noqa: E402
+from modelserve.buckets import (
     DEFAULT_EDGES,
     DEFAULT_REFERENCE_MEAN,
     DEFAULT_REFERENCE_STD,
     BucketCounts,
-    RunningStats,
     decumulate,
     edges_for_reference,
     le_label,
-    psi,
-    standardized_shift,
     validate_edges,
-    z_score,
 )
+from modelserve.drift.stats import RunningStats, psi, standardized_shift, z_score
 
 MEAN, SD = DEFAULT_REFERENCE_MEAN, DEFAULT_REFERENCE_STD
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 
-import handler
 import pytest
 import torch
 from conftest import MODEL_DIR
-from handler import InvalidRequest, LinearRegressorHandler, parse_row
 from ts.context import Context, RequestProcessor
+
+from modelserve import handler
+from modelserve.handler import InvalidRequest, ModelHandler, parse_row
 
 REFERENCE_BODY = b'{"data": [0.2, 0.6]}'
 REFERENCE_OUTPUT = 0.6496530771255493
@@ -89,21 +90,21 @@ class ForwardSpy(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def loaded() -> LinearRegressorHandler:
-    service = LinearRegressorHandler()
+def loaded() -> ModelHandler:
+    service = ModelHandler()
     service.initialize(make_context(1))
     return service
 
 
 @pytest.fixture
-def spied(loaded: LinearRegressorHandler) -> LinearRegressorHandler:
-    service = LinearRegressorHandler()
+def spied(loaded: ModelHandler) -> ModelHandler:
+    service = ModelHandler()
     service.model = ForwardSpy(loaded.model)
     return service
 
 
 def run(
-    service: LinearRegressorHandler,
+    service: ModelHandler,
     requests: list[object],
     headers: dict[str, str] | None = None,
 ) -> tuple[list, Context]:
@@ -154,7 +155,7 @@ def test_parse_row_rejects_malformed_bodies_with_a_clear_message(raw: object, wo
     ids=["json sent as a form", "form fields", "none"],
 )
 def test_a_request_without_body_gets_400_saying_why(
-    loaded: LinearRegressorHandler, request_: object, words: str
+    loaded: ModelHandler, request_: object, words: str
 ) -> None:
     answers, context = run(loaded, [request_])
     assert status(context, 0) == 400
@@ -165,9 +166,7 @@ def test_a_request_without_body_gets_400_saying_why(
 
 
 @pytest.mark.parametrize("key", ["body", "data"])
-def test_reference_request_gets_the_reference_output(
-    loaded: LinearRegressorHandler, key: str
-) -> None:
+def test_reference_request_gets_the_reference_output(loaded: ModelHandler, key: str) -> None:
     answers, context = run(loaded, [{key: REFERENCE_BODY}])
     assert status(context, 0) == 200
     assert context.get_response_content_type(0) == "application/json"
@@ -176,7 +175,7 @@ def test_reference_request_gets_the_reference_output(
     assert abs(answers[0]["output"] - expected(0.2, 0.6)) <= TOLERANCE
 
 
-def test_valid_rows_of_a_batch_go_through_one_forward_pass(spied: LinearRegressorHandler) -> None:
+def test_valid_rows_of_a_batch_go_through_one_forward_pass(spied: ModelHandler) -> None:
     rows = [[0.2, 0.6], [1.0, -1.0], [0, 0], [12.5, 3.25], [-0.7, 0.01]]
     answers, context = run(spied, [{"body": json.dumps({"data": row})} for row in rows])
     assert len(spied.model.inputs) == 1
@@ -187,7 +186,7 @@ def test_valid_rows_of_a_batch_go_through_one_forward_pass(spied: LinearRegresso
 
 
 def test_mixed_batch_answers_each_request_with_its_own_status(
-    spied: LinearRegressorHandler,
+    spied: ModelHandler,
 ) -> None:
     requests = [
         {"body": REFERENCE_BODY},
@@ -217,7 +216,7 @@ def test_mixed_batch_answers_each_request_with_its_own_status(
 
 @pytest.mark.parametrize(("raw", "words"), MALFORMED.values(), ids=MALFORMED.keys())
 def test_each_malformed_request_gets_400_while_its_neighbours_get_200(
-    loaded: LinearRegressorHandler, raw: object, words: str
+    loaded: ModelHandler, raw: object, words: str
 ) -> None:
     answers, context = run(loaded, [{"body": REFERENCE_BODY}, {"body": raw}, {"data": "{}"}])
     assert [status(context, i) for i in range(3)] == [200, 400, 400]
@@ -225,21 +224,21 @@ def test_each_malformed_request_gets_400_while_its_neighbours_get_200(
     assert abs(answers[0]["output"] - REFERENCE_OUTPUT) <= TOLERANCE
 
 
-def test_an_all_invalid_batch_never_calls_the_model(spied: LinearRegressorHandler) -> None:
+def test_an_all_invalid_batch_never_calls_the_model(spied: ModelHandler) -> None:
     answers, context = run(spied, [{"body": b"[]"}, {"body": b"{}"}])
     assert spied.model.inputs == []
     assert [status(context, i) for i in range(2)] == [400, 400]
     assert all("error" in answer for answer in answers)
 
 
-def test_inputs_that_overflow_the_weighted_sum_get_400(loaded: LinearRegressorHandler) -> None:
+def test_inputs_that_overflow_the_weighted_sum_get_400(loaded: ModelHandler) -> None:
     # Each value fits float32; their weighted sum does not.
     answers, context = run(loaded, [{"body": b'{"data": [3e38, 3e38]}'}, {"body": REFERENCE_BODY}])
     assert [status(context, i) for i in range(2)] == [400, 200]
     assert "overflow" in answers[0]["error"]
 
 
-def test_every_answer_is_strict_json(loaded: LinearRegressorHandler) -> None:
+def test_every_answer_is_strict_json(loaded: ModelHandler) -> None:
     requests = [{"body": raw} for raw, _ in MALFORMED.values()] + [{"body": REFERENCE_BODY}]
     answers, _ = run(loaded, requests)
     for answer in answers:
@@ -248,8 +247,8 @@ def test_every_answer_is_strict_json(loaded: LinearRegressorHandler) -> None:
         assert set(answer) in ({"output"}, {"error"})
 
 
-def test_only_answered_rows_reach_the_input_statistics(loaded: LinearRegressorHandler) -> None:
-    service = LinearRegressorHandler()
+def test_only_answered_rows_reach_the_input_statistics(loaded: ModelHandler) -> None:
+    service = ModelHandler()
     service.model = loaded.model
     requests = [
         {"body": b'{"data": [1, 2]}'},
@@ -282,9 +281,9 @@ class PoisonedModel(torch.nn.Module):
 
 
 def test_a_row_that_breaks_the_forward_pass_fails_alone_with_500(
-    loaded: LinearRegressorHandler,
+    loaded: ModelHandler,
 ) -> None:
-    service = LinearRegressorHandler()
+    service = ModelHandler()
     service.model = PoisonedModel(loaded.model)
     poison = json.dumps({"data": PoisonedModel.POISON})
     requests = [{"body": REFERENCE_BODY}, {"body": poison}, {"body": b'{"data": [1, 2]}'}]
@@ -300,7 +299,7 @@ def test_a_row_that_breaks_the_forward_pass_fails_alone_with_500(
 
 
 def test_an_unexpected_error_on_one_request_is_its_own_500(
-    loaded: LinearRegressorHandler, monkeypatch: pytest.MonkeyPatch
+    loaded: ModelHandler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = handler.request_body
 
@@ -318,9 +317,9 @@ def test_an_unexpected_error_on_one_request_is_its_own_500(
 
 
 def test_failing_input_statistics_do_not_fail_the_answers(
-    loaded: LinearRegressorHandler, monkeypatch: pytest.MonkeyPatch
+    loaded: ModelHandler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service = LinearRegressorHandler()
+    service = ModelHandler()
     service.model = loaded.model
 
     def broken(rows: object) -> None:
@@ -342,7 +341,7 @@ def test_failing_input_statistics_do_not_fail_the_answers(
     ids=["5000 levels deep", "4301 digits", "10001 digits"],
 )
 def test_bodies_python_json_cannot_read_get_400(
-    loaded: LinearRegressorHandler, raw: bytes, words: str
+    loaded: ModelHandler, raw: bytes, words: str
 ) -> None:
     # TorchServe's own parse fails on them too and hands the raw bytes over.
     answers, context = run(loaded, [{"body": raw}, {"body": REFERENCE_BODY}])
@@ -362,9 +361,9 @@ def test_bodies_python_json_cannot_read_get_400(
     ids=["production", "lower-case name", "test route", "no header", "other value"],
 )
 def test_only_production_requests_count_for_drift(
-    loaded: LinearRegressorHandler, headers: dict[str, str], counted: int
+    loaded: ModelHandler, headers: dict[str, str], counted: int
 ) -> None:
-    service = LinearRegressorHandler()
+    service = ModelHandler()
     service.model = loaded.model
     answers, context = run(
         service, [{"body": REFERENCE_BODY}, {"body": b'{"data": [1, 2]}'}], headers
@@ -379,7 +378,7 @@ def test_only_production_requests_count_for_drift(
 
 
 def test_entry_point_loads_on_the_none_call_then_serves(monkeypatch: pytest.MonkeyPatch) -> None:
-    fresh = LinearRegressorHandler()
+    fresh = ModelHandler()
     monkeypatch.setattr(handler, "_service", fresh)
     assert handler.handle(None, make_context(0)) is None
     assert fresh.initialized

@@ -19,12 +19,13 @@ from io import BytesIO
 
 import pytest
 import torch
-from handler import LinearRegressorHandler
 from hypothesis import given
 from hypothesis import strategies as st
 from test_handler import BIAS, WEIGHT, expected, make_context, status
 from ts.protocol.otf_message_handler import _retrieve_inference_msg, create_predict_response
 from ts.service import Service
+
+from modelserve.handler import ModelHandler
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 JSON = "application/json"
@@ -223,7 +224,7 @@ class Socket:
         return self._buffer.read(size)
 
 
-def serve(service: LinearRegressorHandler, requests: list[Request]) -> tuple[list, object]:
+def serve(service: ModelHandler, requests: list[Request]) -> tuple[list, object]:
     """Decode the batch with TorchServe's worker code, then call the handler with it."""
     batch = _retrieve_inference_msg(Socket(framed(requests)))
     processors, data, request_ids = Service.retrieve_data_for_inference(batch)
@@ -264,8 +265,8 @@ def check(requests: list[Request], answers: list, context: object) -> int | None
 
 
 @pytest.fixture(scope="module")
-def service() -> LinearRegressorHandler:
-    loaded = LinearRegressorHandler()
+def service() -> ModelHandler:
+    loaded = ModelHandler()
     loaded.initialize(make_context(1))
     return loaded
 
@@ -276,7 +277,7 @@ def service() -> LinearRegressorHandler:
     order=st.randoms(use_true_random=False),
 )
 def test_valid_rows_get_their_answer_whatever_else_is_in_the_batch(
-    service: LinearRegressorHandler, valid: list[Request], hostile: list[Request], order
+    service: ModelHandler, valid: list[Request], hostile: list[Request], order
 ) -> None:
     requests = valid + hostile
     order.shuffle(requests)
@@ -291,7 +292,7 @@ def test_valid_rows_get_their_answer_whatever_else_is_in_the_batch(
 
 @given(st.lists(requests_of(hostile_bodies), min_size=1, max_size=8))
 def test_each_hostile_request_gets_its_own_400(
-    service: LinearRegressorHandler, requests: list[Request]
+    service: ModelHandler, requests: list[Request]
 ) -> None:
     answers, context = serve(service, requests)
     check(requests, answers, context)
@@ -299,7 +300,7 @@ def test_each_hostile_request_gets_its_own_400(
 
 @given(st.binary(max_size=2048), st.sampled_from(CONTENT_TYPES))
 def test_arbitrary_bytes_never_fail_the_reference_row(
-    service: LinearRegressorHandler, body: bytes, content_type: str
+    service: ModelHandler, body: bytes, content_type: str
 ) -> None:
     requests = [Request(b'{"data": [0.2, 0.6]}'), Request(body, content_type)]
     answers, context = serve(service, requests)

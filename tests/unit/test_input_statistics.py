@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import random
@@ -14,20 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO
-from handler import (
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+from modelserve.buckets import DEFAULT_EDGES, le_label
+from modelserve.handler import (
     DEFAULT_BUCKET_EDGES,
     DEFAULT_FLUSH_INTERVAL_S,
     InputStatistics,
-    bucket_label,
+    InvalidRequest,
     input_statistics_settings,
+    parse_row,
 )
-from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
-
-DRIFT_DIR = REPO / "roles" / "kafka_drift" / "files"
-if str(DRIFT_DIR) not in sys.path:
-    sys.path.insert(0, str(DRIFT_DIR))
-
-from drift.stats import DEFAULT_EDGES, le_label  # noqa: E402
 
 TS_METRICS_YAML = Path(sys.modules["ts"].__file__).parent / "configs" / "metrics.yaml"
 # [METRICS]name.unit:value|#dim:value,dim:value|#type:COUNTER|#hostname:...,timestamp
@@ -82,7 +80,7 @@ def test_sums_and_buckets_match_numpy(caplog: pytest.LogCaptureFixture) -> None:
         edges = [-math.inf, *DEFAULT_BUCKET_EDGES, math.inf]
         for low, high in itertools.pairwise(edges):
             expected = int(((values > low) & (values <= high)).sum())
-            label = bucket_label(high)
+            label = le_label(high)
             assert series(sent, "bucket_total", feature=feature, le=label) == expected, label
 
 
@@ -117,8 +115,9 @@ def test_the_first_flush_creates_every_series_at_zero(caplog: pytest.LogCaptureF
 def test_bucket_labels_are_the_drift_consumers() -> None:
     """Live and training histograms are compared bucket by bucket, by label."""
     assert DEFAULT_BUCKET_EDGES == DEFAULT_EDGES
-    for edge in (*DEFAULT_EDGES, 1.0, 2, -0.5, 1e-3, math.inf):
-        assert bucket_label(edge) == le_label(edge)
+    stats = InputStatistics(edges=[*DEFAULT_EDGES, 1.0, 2, 1e7])
+    assert stats.labels == tuple(le_label(edge) for edge in (*stats.edges, math.inf))
+    assert stats.labels[-3:] == ("2.0", "1e+07", "+Inf")
 
 
 @pytest.mark.parametrize(
@@ -129,6 +128,16 @@ def test_bucket_labels_are_the_drift_consumers() -> None:
 def test_bad_settings_are_refused(features: list[str], edges: list[object]) -> None:
     with pytest.raises(ValueError, match=r"features|edges|float"):
         InputStatistics(features, edges)  # type: ignore[arg-type]
+
+
+def test_the_features_set_the_row_width() -> None:
+    """A model of three inputs: the config names three features, rows carry three numbers."""
+    config = {"handler": {"input_features": ["a", "b", "c"]}}
+    stats, _ = input_statistics_settings(config)
+    assert stats.features == ("a", "b", "c")
+    assert parse_row(b'{"data": [1, 2, 3]}', len(stats.features)) == [1.0, 2.0, 3.0]
+    with pytest.raises(InvalidRequest, match="exactly 3 numbers"):
+        parse_row(b'{"data": [1, 2]}', len(stats.features))
 
 
 def test_settings_come_from_the_model_config() -> None:
@@ -142,9 +151,25 @@ def test_settings_come_from_the_model_config() -> None:
     "config",
     [None, {"handler": "nope"}, {"handler": {"input_bucket_edges": [2, 1]}},
      {"handler": {"input_metrics_interval_s": 0}}, {"handler": {"input_metrics_interval_s": "x"}},
-     {"handler": {"input_features": ["x1", "x2", "x3"], "input_metrics_interval_s": 5}}],
+     {"handler": {"input_features": ["x1", "x1"], "input_metrics_interval_s": 5}}],
 )  # fmt: skip
 def test_bad_settings_fall_back_to_the_defaults(config: object) -> None:
     stats, interval = input_statistics_settings(config)
     assert stats.edges == DEFAULT_BUCKET_EDGES
     assert interval == DEFAULT_FLUSH_INTERVAL_S
+
+
+def test_the_bucket_edges_are_written_in_one_file_only() -> None:
+    """Handler, consumer and Prometheus rules take them from bucket_edges.json: a copy of
+    the list anywhere else is a second definition that could drift apart from it."""
+    edges_file = REPO / "src/modelserve/bucket_edges.json"
+    assert tuple(json.loads(edges_file.read_text())) == DEFAULT_EDGES
+    written = re.compile(r"0\.1,\s*0\.2,\s*0\.3,\s*0\.4")
+    copies = [
+        path.relative_to(REPO)
+        for pattern in ("*.py", "*.yml", "*.yaml", "*.j2", "*.json")
+        for top in ("src", "roles", "files", "inventory", "playbooks")
+        for path in (REPO / top).rglob(pattern)
+        if path != edges_file and written.search(path.read_text(encoding="utf-8", errors="replace"))
+    ]
+    assert copies == []

@@ -6,8 +6,8 @@ import random
 import statistics
 
 import pytest
-from handler import InvalidRequest, parse_row
 
+from modelserve.handler import InvalidRequest, parse_row
 from modelserve.loadtest.load_profile import MALFORMED_BODIES, LoadProfile, profile_from_env
 
 

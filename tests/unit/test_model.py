@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ import make_weights
 import pytest
 import torch
 from conftest import MODEL_DIR
-from handler import load_model
 from model import LinearRegressor
+
+from modelserve.handler import load_model
 
 REFERENCE_INPUT = [0.2, 0.6]
 REFERENCE_OUTPUT = 0.6496530771255493
@@ -87,3 +89,19 @@ def test_make_weights_runs_as_a_script(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert sha256(output) == sha256(WEIGHTS)
+
+
+def test_a_model_file_with_several_classes_names_its_class_in_the_config(tmp_path: Path) -> None:
+    """The platform's handler finds the one nn.Module class model.py defines (imported
+    ones do not count); with several, the model config's handler: model_class picks one."""
+    shutil.copy(WEIGHTS, tmp_path / "model.pth")
+    source = (MODEL_DIR / "model.py").read_text()
+    extra = "\n\nfrom torch.nn import Linear  # imported: not a candidate\n\n\n"
+    extra += "class Other(torch.nn.Module):\n    pass\n"
+    (tmp_path / "model.py").write_text(source + extra)
+    with pytest.raises(ImportError, match=r"model_class.*\['LinearRegressor', 'Other'\]"):
+        load_model(tmp_path)
+    model = load_model(tmp_path, "LinearRegressor")
+    assert type(model).__name__ == "LinearRegressor"
+    with pytest.raises(ImportError, match=r"no torch\.nn\.Module class 'Missing'"):
+        load_model(tmp_path, "Missing")

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from pathlib import Path
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from modelserve import handler  # the platform's package, mounted on PYTHONPATH
+
 MODEL_DIR = Path(os.environ.get("MODEL_DIR", "/model"))
-sys.path.insert(0, str(MODEL_DIR))
-
-import handler  # noqa: E402  (files/model/handler.py, mounted at MODEL_DIR)
-
 model = handler.load_model(MODEL_DIR)
 app = FastAPI()
 

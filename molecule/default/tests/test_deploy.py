@@ -3,11 +3,53 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import textwrap
+import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
-from conftest import REFERENCE_INPUT, REPO, predict, run_playbook
+import requests
+from conftest import BASE_URL, REFERENCE_INPUT, REPO, predict, run_playbook
+
+PROMETHEUS = "http://127.0.0.1:9090"
+# A handler a model team may bring (the opt-out): it answers, and does nothing else.
+OWN_HANDLER = textwrap.dedent(
+    """
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import torch
+
+    _model = None
+
+
+    def handle(data, context):
+        global _model
+        if _model is None:
+            model_dir = Path(context.system_properties["model_dir"])
+            spec = importlib.util.spec_from_file_location("own_model", model_dir / "model.py")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            _model = module.LinearRegressor()
+            _model.load_state_dict(torch.load(model_dir / "model.pth", weights_only=True))
+            _model.eval()
+        if data is None:
+            return None
+        answers = []
+        for idx, request in enumerate(data):
+            context.set_response_content_type(idx, "application/json")
+            body = request.get("body", request.get("data"))
+            row = body if isinstance(body, dict) else json.loads(bytes(body))
+            with torch.no_grad():
+                output = _model(torch.tensor([row["data"]], dtype=torch.float32))
+            answers.append({"output": float(output.item()), "handler": "own"})
+        return answers
+    """
+)
 
 TOLERANCE = 1e-6
 NEW_WEIGHT, NEW_BIAS = [[1.0, 1.0]], [0.5]
@@ -131,3 +173,86 @@ def test_bad_deploy_arguments_fail_clearly(host, extra: dict, message: str) -> N
     assert result.returncode != 0
     assert message in result.output, result.output[-3000:]
     assert host.file("/opt/modelserve/torchserve/blue/config.properties").content_string == before
+
+
+def production_inputs(host, colour: str) -> float:
+    """Rows the colour's handler has counted for drift (x1), as Prometheus last scraped."""
+    expr = f'sum(modelserve_input_values_total{{colour="{colour}", feature="x1"}})'
+    url = f"{PROMETHEUS}/api/v1/query?query={quote(expr)}"
+    result = json.loads(host.check_output(f"curl -sf '{url}'"))["data"]["result"]
+    return float(result[0]["value"][1]) if result else 0.0
+
+
+def settled_production_inputs(host, colour: str, quiet_s: float = 12) -> float:
+    """The count once it has stopped moving for quiet_s (scrapes are 5 s apart here)."""
+    value, since = production_inputs(host, colour), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        time.sleep(2)
+        now = production_inputs(host, colour)
+        if now != value:
+            value, since = now, time.monotonic()
+    return value
+
+
+@pytest.mark.usefixtures("restore_delivered_model")
+def test_a_model_delivered_without_a_handler_is_validated_and_counted(host, new_model) -> None:
+    """The model team ships model.py, weights and config; the platform's handler wraps it."""
+    model_dir, new_output = new_model
+    assert not (model_dir / "handler.py").exists()
+    assert sorted(p.name for p in model_dir.iterdir() if p.suffix != ".py") == [
+        "model.pth",
+        "model_config.yaml",
+    ]
+    result = deploy(model_dir, "2.2", new_output, "-e", "swap=true")
+    assert result.returncode == 0, result.output
+    assert "WARNING: the model runs its own handler" not in result.output
+    colour, output = answer("/predict")
+    assert colour == "blue" and abs(output - new_output) <= TOLERANCE
+
+    # Validation: what the client sent is refused with 400 and a message, per request.
+    for body, message in (
+        ('{"data": [0.2]}', "exactly 2 numbers"),
+        ('{"data": [NaN, 0.6]}', "NaN is not a JSON number"),
+        ("[0.2, 0.6]", "must be a JSON object"),
+    ):
+        response = requests.post(f"{BASE_URL}/predict", data=body, timeout=10)
+        assert response.status_code == 400, (body, response.status_code, response.text)
+        assert message in response.json()["error"], (body, response.text)
+
+    # Drift counters: every answered production row is counted, and only those.
+    before = settled_production_inputs(host, "blue")
+    sent = 25
+    for _ in range(sent):
+        assert predict("/predict").status_code == 200
+    deadline = time.monotonic() + 60
+    while production_inputs(host, "blue") < before + sent and time.monotonic() < deadline:
+        time.sleep(2)
+    assert settled_production_inputs(host, "blue") == before + sent
+
+
+@pytest.mark.usefixtures("restore_delivered_model")
+def test_a_model_bringing_its_own_handler_opts_out_loudly(tmp_path: Path, reference_output) -> None:
+    model_dir = tmp_path / "model-own"
+    shutil.copytree(REPO / "files/model", model_dir)
+    (model_dir / "handler.py").write_text(OWN_HANDLER)
+
+    result = deploy(model_dir, "2.3", reference_output, "-e", "model_handler=handler.py")
+    assert result.returncode == 0, result.output
+    assert "WARNING: the model runs its own handler (handler.py)" in result.output
+    assert "drift detection sees no live data" in result.output
+
+    # Its handler answers on the idle colour, not the platform's.
+    response = predict("/test/predict")
+    assert response.status_code == 200, response.text
+    assert response.json()["handler"] == "own"
+    assert response.headers["X-Model-Colour"] == "blue"
+
+    status = run_playbook("status.yml")
+    assert status.returncode == 0, status.output
+    # Long lines of the printed message wrap: compare with the whitespace collapsed.
+    printed = " ".join(status.output.split())
+    assert (
+        "blue: healthy, model model version 2.3, WARNING: its own handler handler.py "
+        "(no platform validation, no drift input counters)" in printed
+    ), status.output
+    assert re.search(r"green: healthy, model model version 1\.0(?!, WARNING)", printed), printed

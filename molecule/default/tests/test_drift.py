@@ -88,7 +88,7 @@ def start_bounded_producer(host, messages: int, rate: float, invalid_share: floa
     flags = " ".join(f"-e {k}={v}" for k, v in env.items())
     host.check_output(
         f"docker run -d --name {BOUNDED} --network {NETWORK} {flags} {drift_image(host)}"
-        " python -m drift.producer"
+        " python -m modelserve.drift.producer"
     )
 
 

@@ -87,6 +87,7 @@ def render_with_role_defaults(template: Path, dest: Path) -> None:
     result = run_ansible(
         "ansible", "localhost", "--connection", "local", "-m", "ansible.builtin.template",
         "-a", f"src={template} dest={dest}", "-e", f"@{REPO}/roles/prometheus/defaults/main.yml",
+        "-e", f"role_path={REPO}/roles/prometheus",
         timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.output

@@ -38,6 +38,9 @@ from modelserve.testbed import images as build_images
 
 T = TypeVar("T")
 MODEL_DIR = REPO / "files" / "model"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+# What the torchserve role archives beside the handler (roles/torchserve/vars/main.yml).
+ARCHIVED_PACKAGE_FILES = ("__init__.py", "parsing.py", "buckets.py", "bucket_edges.json")
 POST_SCRIPT = DATA_DIR / "post.lua"
 LOG_TEMPLATE = REPO / "roles" / "torchserve" / "templates" / "log4j2.xml.j2"
 LOG_CONFIG = "/home/model-server/log4j2.xml"
@@ -111,8 +114,13 @@ def write_model_store(work: Path, settings: cfg.TorchServeSettings) -> Path:
     for directory in (src, store):
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o755)
-    for name in ("model.py", "model.pth", "handler.py"):
+    for name in ("model.py", "model.pth"):
         shutil.copy(MODEL_DIR / name, src / name)
+    # The platform's handler and the modules it imports, as the torchserve role archives them.
+    shutil.copy(PACKAGE_DIR / "handler.py", src / "handler.py")
+    (src / "platform" / "modelserve").mkdir(parents=True, exist_ok=True)
+    for name in ARCHIVED_PACKAGE_FILES:
+        shutil.copy(PACKAGE_DIR / name, src / "platform" / "modelserve" / name)
     model_config = {
         "minWorkers": settings.workers,
         "maxWorkers": settings.workers,
@@ -123,8 +131,8 @@ def write_model_store(work: Path, settings: cfg.TorchServeSettings) -> Path:
     }
     lines = "".join(f"{key}: {value}\n" for key, value in model_config.items())
     (src / "model_config.yaml").write_text(f"---\n{lines}")
-    for path in src.iterdir():
-        path.chmod(0o644)
+    for path in src.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
     os.chown(store, 1000, 1000)  # the image's model-server user writes the archive
     docker(
         "run", "--rm", "--user=1000", "--network=none", "--entrypoint=/bin/sh",
@@ -132,7 +140,8 @@ def write_model_store(work: Path, settings: cfg.TorchServeSettings) -> Path:
         TORCHSERVE_IMAGE, "-ec",
         f"torch-model-archiver --model-name={MODEL_NAME} --version=1.0"
         " --model-file=/model-src/model.py --serialized-file=/model-src/model.pth"
-        " --handler=/model-src/handler.py --config-file=/model-src/model_config.yaml"
+        " --handler=/model-src/handler.py --extra-files=/model-src/platform"
+        " --config-file=/model-src/model_config.yaml"
         " --export-path=/model-store --force",
     )  # fmt: skip
     return store
@@ -201,6 +210,8 @@ def start_fastapi(name: str, port: int) -> Endpoint:
     docker(
         "run", "-d", f"--name={name}", f"--publish=127.0.0.1:{port}:8000",
         f"--mount=type=bind,source={MODEL_DIR},target=/model,readonly",
+        f"--mount=type=bind,source={PACKAGE_DIR},target=/opt/platform/modelserve,readonly",
+        "--env=PYTHONPATH=/opt/platform",
         FASTAPI_SPEC.tag, "--workers", str(cfg.FASTAPI_WORKERS),
     )  # fmt: skip
     return Endpoint(name, port, 8000, "/predict")

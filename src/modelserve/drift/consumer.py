@@ -1,6 +1,6 @@
 """Training-data consumer: streaming statistics of the ``trainingdata`` topic for Prometheus.
 
-Run: ``python -m drift.consumer`` (with ``roles/kafka_drift/files`` on ``PYTHONPATH``).
+Run: ``python -m modelserve.drift.consumer``.
 
 Environment
 ===========
@@ -12,7 +12,7 @@ DRIFT_TOPIC                     trainingdata         topic of training rows
 DRIFT_GROUP_ID                  drift-consumer       consumer group (offsets, lag monitoring)
 DRIFT_FEATURES                  x1,x2                feature names each row must carry
 DRIFT_BUCKET_EDGES              (DEFAULT_EDGES)      JSON: ``[..]`` for all features or
-                                                     ``{"x1": [..]}`` per feature (stats.py)
+                                                     ``{"x1": [..]}`` per feature (buckets.py)
 DRIFT_STATE_FILE                /var/lib/drift/      state file (statistics + offsets)
                                 state.json
 DRIFT_METRICS_PORT              8000                 port of the Prometheus endpoint
@@ -82,7 +82,7 @@ Metrics (all at DRIFT_METRICS_PORT, ``/metrics``)
                                                              histogram bucket; le="+Inf" is
                                                              the count. le is written as
                                                              prometheus_client writes it
-                                                             (stats.le_label): "0.1", "+Inf"
+                                                             (buckets.le_label): "0.1", "+Inf"
 ``drift_consumer_offset{topic,partition}``          gauge    next offset the statistics cover
 ``drift_consumer_broker_errors_total``              counter  Kafka errors that forced a
                                                              reconnect (with backoff)
@@ -113,7 +113,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -125,6 +124,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from modelserve.buckets import BucketCounts
+from modelserve.parsing import REASONS, InvalidInput, named_row
+
 from .envconfig import (
     ConfigError,
     bucket_edges,
@@ -134,70 +136,19 @@ from .envconfig import (
     env_str,
     setup_logging,
 )
-from .stats import BucketCounts, RunningStats
+from .stats import RunningStats
 
 logger = logging.getLogger("drift.consumer")
 
 STATE_VERSION = 1
 COUNTED = "counted"
 DUPLICATE = "duplicate"
-REASONS: tuple[str, ...] = (
-    "empty",
-    "not_json",
-    "not_object",
-    "missing_feature",
-    "not_numeric",
-    "not_finite",
-)
 
 
 # --------------------------------------------------------------------------- parsing
 
-
-class InvalidMessage(ValueError):
-    """A message that is not a training row; ``reason`` is one of REASONS."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-
-
-def _reject_constant(name: str) -> float:
-    """``json.loads`` hook: Python accepts NaN/Infinity, which strict JSON does not."""
-    raise InvalidMessage("not_finite", f"{name} is not a finite number")
-
-
-def decode_json(value: bytes | None) -> object:
-    """The JSON document of a message value (strict: no NaN/Infinity literals)."""
-    if not value:
-        raise InvalidMessage("empty", "message has no value")
-    try:
-        return json.loads(value.decode("utf-8"), parse_constant=_reject_constant)
-    except InvalidMessage:  # from _reject_constant: already has its reason
-        raise
-    except UnicodeDecodeError:
-        raise InvalidMessage("not_json", "value is not UTF-8") from None
-    except (ValueError, RecursionError) as error:
-        # ValueError: JSONDecodeError, but also an integer of more than 4300 digits
-        # (Python's int conversion limit); RecursionError: deeply nested arrays.
-        raise InvalidMessage("not_json", f"value is not JSON: {error}") from None
-
-
-def feature_value(document: Mapping[str, Any], feature: str) -> float:
-    """One feature of a row as a finite float."""
-    if feature not in document:
-        raise InvalidMessage("missing_feature", f"no {feature!r}")
-    value = document[feature]
-    # bool is an int subclass in Python but true/false is no measurement.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidMessage("not_numeric", f"{feature!r} is {type(value).__name__}")
-    try:
-        number = float(value)
-    except OverflowError:  # an integer literal with hundreds of digits
-        raise InvalidMessage("not_finite", f"{feature!r} is too large") from None
-    if not math.isfinite(number):  # 1e999 parses to inf
-        raise InvalidMessage("not_finite", f"{feature!r} is not finite")
-    return number
+# A message that is not a training row; ``reason`` is one of REASONS.
+InvalidMessage = InvalidInput
 
 
 def parse_row(value: bytes | None, features: Sequence[str]) -> tuple[float, ...]:
@@ -205,10 +156,7 @@ def parse_row(value: bytes | None, features: Sequence[str]) -> tuple[float, ...]
 
     Raises InvalidMessage (with its reason) for anything that is not a valid row.
     """
-    document = decode_json(value)
-    if not isinstance(document, dict):
-        raise InvalidMessage("not_object", f"value is a JSON {type(document).__name__}")
-    return tuple(feature_value(document, feature) for feature in features)
+    return named_row(value, features)
 
 
 # --------------------------------------------------------------------------- state

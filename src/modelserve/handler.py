@@ -1,4 +1,10 @@
-"""TorchServe handler for LinearRegressor: ``{"data": [x1, x2]}`` in, ``{"output": y}`` out.
+"""The platform's TorchServe handler: ``{"data": [x1, x2]}`` in, ``{"output": y}`` out.
+
+It wraps the model a team delivers (model.py with one ``torch.nn.Module`` class, its
+weights, model_config.yaml): the torchserve role archives this module with the model, and
+the ``modelserve`` modules it imports (parsing, buckets) next to it. The model's
+``handler:`` config section names the input features (their number is the row width),
+and optionally the class (``model_class``) when model.py defines several modules.
 
 Every request of a batch is decoded, validated and answered on its own: a request can only
 ever fail itself. What is wrong with what the client sent gets HTTP 400 and
@@ -21,18 +27,20 @@ it once with ``data=None`` to load the model.
 from __future__ import annotations
 
 import importlib.util
-import json
+import inspect
 import logging
 import math
 import os
 import threading
 import time
-from bisect import bisect_left
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from modelserve.buckets import DEFAULT_EDGES, BucketCounts, le_label
+from modelserve.parsing import InvalidInput, data_row
 
 if TYPE_CHECKING:
     from ts.context import Context
@@ -41,32 +49,22 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.py"
-MODEL_CLASS = "LinearRegressor"
+# The weights file when the archive's manifest names none (it names --serialized-file).
 WEIGHTS_FILE = "model.pth"
-N_FEATURES = 2
 # A finite JSON number beyond this turns into inf once the model sees it as float32.
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 # TorchServe's worker logs at INFO; set this to DEBUG to see the size of each batch.
 LOG_LEVEL_ENV = "MODEL_HANDLER_LOG_LEVEL"
-_JSON_TYPES = {
-    bool: "boolean",
-    int: "number",
-    float: "number",
-    str: "string",
-    list: "array",
-    dict: "object",
-    type(None): "null",
-}
-
 Row = list[float]
 Answer = dict[str, Any]
 
 # Live-input statistics: names of the features in ``data`` order, the upper bounds of
 # the buckets (the last bucket is unbounded), and how often they are sent to TorchServe.
-# The model's config (model_config.yaml, ``handler:`` section) overrides them; the edges
-# must be the drift consumer's, so live and training histograms compare bucket by bucket.
+# The model's config (model_config.yaml, ``handler:`` section) overrides them; the
+# torchserve role writes the platform's edges there (modelserve/bucket_edges.json, the
+# drift consumer's too), so live and training histograms compare bucket by bucket.
 DEFAULT_FEATURES = ("x1", "x2")
-DEFAULT_BUCKET_EDGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DEFAULT_BUCKET_EDGES = DEFAULT_EDGES
 DEFAULT_FLUSH_INTERVAL_S = 1.0
 METRIC_PREFIX = "modelserve_input_"
 # nginx sets this header on every request it proxies, replacing any a client sent: the
@@ -77,80 +75,13 @@ PRODUCTION_ROUTE = "production"
 INTERNAL_ERROR = "internal error while answering this request"
 
 
-class InvalidRequest(ValueError):
-    """A request the model cannot answer; its message is sent back to the client."""
+# What the client sent is wrong: HTTP 400 with the message.
+InvalidRequest = InvalidInput
 
 
-def _reject_constant(name: str) -> float:
-    """``json.loads`` hook: Python's json accepts NaN/Infinity, strict JSON does not."""
-    raise InvalidRequest(f"request body is not valid JSON: {name} is not a JSON number")
-
-
-def decode_body(raw: object) -> object:
-    """Parse a request body given as bytes, bytearray or str; pass parsed values through.
-
-    TorchServe already parses bodies sent as ``application/json`` (and would accept
-    NaN there), so what it hands over parsed is checked by ``parse_row`` all the same.
-    """
-    if isinstance(raw, bytes | bytearray):
-        try:
-            raw = bytes(raw).decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidRequest("request body is not valid UTF-8") from None
-    if not isinstance(raw, str):
-        return raw
-    if not raw.strip():
-        raise InvalidRequest("request body is empty")
-    try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except InvalidRequest:
-        raise
-    except json.JSONDecodeError as err:
-        raise InvalidRequest(f"request body is not valid JSON: {err.msg}") from None
-    except RecursionError:
-        # json's scanner recurses once per array or object level.
-        raise InvalidRequest("request body nests arrays or objects too deeply") from None
-    except ValueError:
-        # Python reads no integer of more than sys.get_int_max_str_digits() (4300) digits.
-        raise InvalidRequest("request body has an integer with too many digits") from None
-
-
-def _json_type(value: object) -> str:
-    """The JSON name of a parsed value's type, for error messages."""
-    return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
-def parse_feature(index: int, value: object) -> float:
-    """One element of ``data`` as a float32-safe finite float."""
-    # bool is an int subclass in Python; JSON true/false are not numbers.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidRequest(f'"data"[{index}] must be a number, got {_json_type(value)}')
-    if isinstance(value, float) and not math.isfinite(value):
-        # json.dumps spells them as the client did: NaN, Infinity, -Infinity.
-        raise InvalidRequest(f'"data"[{index}] must be a finite number, got {json.dumps(value)}')
-    # Compared before float(): a huge JSON integer would overflow the conversion.
-    if abs(value) > FLOAT32_MAX:
-        raise InvalidRequest(f'"data"[{index}] is out of the float32 range')
-    return float(value)
-
-
-def parse_row(raw: object) -> Row:
+def parse_row(raw: object, n_features: int = len(DEFAULT_FEATURES)) -> Row:
     """The model input of one request body, or ``InvalidRequest`` saying what is wrong."""
-    body = decode_body(raw)
-    if not isinstance(body, dict):
-        raise InvalidRequest(f"request body must be a JSON object, got {_json_type(body)}")
-    if "data" not in body:
-        raise InvalidRequest('request body has no "data" field')
-    data = body["data"]
-    if not isinstance(data, list):
-        raise InvalidRequest(
-            f'"data" must be an array of {N_FEATURES} numbers, got {_json_type(data)}'
-        )
-    # Elements first: for [[x1, x2]] "must be a number, got array" says more than a length.
-    row = [parse_feature(i, value) for i, value in enumerate(data)]
-    if len(row) != N_FEATURES:
-        raise InvalidRequest(f'"data" must hold exactly {N_FEATURES} numbers, got {len(row)}')
-    return row
+    return data_row(raw, n_features, FLOAT32_MAX, "float32")
 
 
 def request_body(request: object) -> object:
@@ -166,10 +97,11 @@ def request_body(request: object) -> object:
                 return request[key]
         if request:
             fields = ", ".join(sorted(map(str, request)))
-            raise InvalidRequest(f"expected a JSON body, got form fields: {fields}")
+            raise InvalidRequest("not_json", f"expected a JSON body, got form fields: {fields}")
     raise InvalidRequest(
+        "empty",
         "request body is empty (a form-encoded body arrives empty: "
-        "send it with Content-Type: application/json)"
+        "send it with Content-Type: application/json)",
     )
 
 
@@ -183,8 +115,34 @@ def from_production(context: Context, idx: int) -> bool:
     )
 
 
-def load_model(model_dir: Path) -> torch.nn.Module:
-    """Build the model class of ``model_dir/model.py`` with the weights next to it, on CPU.
+def model_class(module: object, name: str | None) -> type[torch.nn.Module]:
+    """The class ``name`` of ``module``, or its only ``torch.nn.Module`` subclass."""
+    if name:
+        found = getattr(module, name, None)
+        if not (inspect.isclass(found) and issubclass(found, torch.nn.Module)):
+            raise ImportError(f"{MODEL_FILE} has no torch.nn.Module class {name!r}")
+        return found
+    # Only classes defined in model.py itself, not the ones it imports.
+    classes = [
+        cls
+        for cls in vars(module).values()
+        if inspect.isclass(cls)
+        and issubclass(cls, torch.nn.Module)
+        and cls.__module__ == getattr(module, "__name__", None)
+    ]
+    if len(classes) != 1:
+        names = sorted(cls.__name__ for cls in classes)
+        raise ImportError(
+            f"{MODEL_FILE} must define exactly one torch.nn.Module class, or the model config "
+            f"must name one (handler: model_class); found {names}"
+        )
+    return classes[0]
+
+
+def load_model(
+    model_dir: Path, class_name: str | None = None, weights_file: str = WEIGHTS_FILE
+) -> torch.nn.Module:
+    """Build the model class of ``model_dir/model.py`` with its weights, on CPU.
 
     model.py is loaded by path so that no other module named ``model`` on sys.path can
     stand in for the archived one.
@@ -194,15 +152,10 @@ def load_model(model_dir: Path) -> torch.nn.Module:
         raise ImportError(f"cannot load {model_dir / MODEL_FILE}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    model: torch.nn.Module = getattr(module, MODEL_CLASS)()
-    state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    model: torch.nn.Module = model_class(module, class_name)()
+    state = torch.load(model_dir / weights_file, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.eval()
-
-
-def bucket_label(edge: float) -> str:
-    """A bucket's upper bound as Prometheus clients write ``le`` (0.1 -> "0.1", 1 -> "1.0")."""
-    return "+Inf" if edge == math.inf else repr(float(edge))
 
 
 class InputStatistics:
@@ -223,12 +176,9 @@ class InputStatistics:
     ) -> None:
         if not features or len(set(features)) != len(features):
             raise ValueError(f"input features must be distinct names, got {list(features)}")
-        bounds = [float(edge) for edge in edges]
-        if not bounds or any(not math.isfinite(b) for b in bounds) or bounds != sorted(set(bounds)):
-            raise ValueError(f"bucket edges must be finite and increasing, got {list(edges)}")
         self.features = tuple(features)
-        self.edges = tuple(bounds)
-        self.labels = tuple(bucket_label(edge) for edge in (*bounds, math.inf))
+        self.edges = BucketCounts(tuple(edges)).edges  # validated: finite, increasing
+        self.labels = tuple(le_label(edge) for edge in (*self.edges, math.inf))
         self._lock = threading.Lock()
         self._reset()
 
@@ -238,7 +188,7 @@ class InputStatistics:
         self.positive = [0.0] * n
         self.negative = [0.0] * n
         self.squares = [0.0] * n
-        self.buckets = [[0] * len(self.labels) for _ in range(n)]
+        self.buckets = [BucketCounts(self.edges) for _ in range(n)]
 
     def observe(self, rows: Sequence[Row]) -> None:
         """Add valid rows (one value per feature each)."""
@@ -251,7 +201,7 @@ class InputStatistics:
                         self.negative[i] -= value
                     self.squares[i] += value * value
                     # le semantics: a value equal to an edge belongs to that edge's bucket.
-                    self.buckets[i][bisect_left(self.edges, value)] += 1
+                    self.buckets[i].add(value)
             self.count += len(rows)
 
     def flush(self, metrics: MetricCacheAbstract, every_series: bool = False) -> int:
@@ -281,8 +231,8 @@ class InputStatistics:
         metric = metrics.add_metric_to_cache(
             METRIC_PREFIX + "bucket_total", "count", ["feature", "le"]
         )
-        for feature, hits_per_bucket in zip(self.features, buckets, strict=True):
-            for label, hits in zip(self.labels, hits_per_bucket, strict=True):
+        for feature, counts in zip(self.features, buckets, strict=True):
+            for label, hits in zip(self.labels, counts.counts, strict=True):
                 if hits or every_series:
                     metric.add_or_update(hits, [feature, label])
         return count
@@ -308,15 +258,12 @@ def input_statistics_settings(config: object) -> tuple[InputStatistics, float]:
     A bad setting is logged and the defaults are used: serving goes on without drift
     data for that feature set rather than with a dead worker.
     """
-    section = config.get("handler", {}) if isinstance(config, dict) else {}
-    section = section if isinstance(section, dict) else {}
+    section = handler_section(config)
     try:
         stats = InputStatistics(
             section.get("input_features", DEFAULT_FEATURES),
             section.get("input_bucket_edges", DEFAULT_BUCKET_EDGES),
         )
-        if len(stats.features) != N_FEATURES:
-            raise ValueError(f"input_features must name {N_FEATURES} features")
         interval = float(section.get("input_metrics_interval_s", DEFAULT_FLUSH_INTERVAL_S))
         if not interval > 0:
             raise ValueError(f"input_metrics_interval_s must be > 0, got {interval}")
@@ -326,7 +273,20 @@ def input_statistics_settings(config: object) -> tuple[InputStatistics, float]:
     return stats, interval
 
 
-class LinearRegressorHandler:
+def handler_section(config: object) -> dict[str, Any]:
+    """The ``handler:`` section of the model config, or {} when there is none."""
+    section = config.get("handler", {}) if isinstance(config, dict) else {}
+    return section if isinstance(section, dict) else {}
+
+
+def weights_file(manifest: object) -> str:
+    """The weights file the archive was built with (its --serialized-file)."""
+    model = manifest.get("model", {}) if isinstance(manifest, dict) else {}
+    name = model.get("serializedFile") if isinstance(model, dict) else None
+    return name if isinstance(name, str) and name else WEIGHTS_FILE
+
+
+class ModelHandler:
     """Loads the model once per worker and answers batches of requests."""
 
     def __init__(self) -> None:
@@ -343,8 +303,10 @@ class LinearRegressorHandler:
         level = os.environ.get(LOG_LEVEL_ENV, "").upper()
         if level in logging.getLevelNamesMapping():  # an unknown name must not kill the worker
             logger.setLevel(level)
-        self.model = load_model(Path(context.system_properties["model_dir"]))
-        logger.info("loaded %s from %s", MODEL_CLASS, context.system_properties["model_dir"])
+        model_dir = context.system_properties["model_dir"]
+        class_name = handler_section(context.model_yaml_config).get("model_class")
+        self.model = load_model(Path(model_dir), class_name, weights_file(context.manifest))
+        logger.info("loaded %s from %s", type(self.model).__name__, model_dir)
         self.input_statistics, interval = input_statistics_settings(context.model_yaml_config)
         if context.metrics is None:  # only outside TorchServe (a bare Context)
             logger.warning("no metrics cache in the context: input statistics are not sent")
@@ -390,7 +352,7 @@ class LinearRegressorHandler:
         for idx, request in enumerate(data):
             try:
                 context.set_response_content_type(idx, "application/json")
-                row = parse_row(request_body(request))
+                row = parse_row(request_body(request), len(self.input_statistics.features))
                 counted = from_production(context, idx)
                 rows.append(row)
                 indexes.append(idx)
@@ -405,7 +367,7 @@ class LinearRegressorHandler:
         for idx, row, output in zip(indexes, rows, self.predict_each(rows), strict=True):
             if not isinstance(output, Exception) and not math.isfinite(output):
                 # Inputs within float32 range can still overflow in the weighted sum.
-                output = InvalidRequest("inputs overflow the model")
+                output = InvalidRequest("not_finite", "inputs overflow the model")
             if isinstance(output, Exception):
                 answers[idx] = self._error(context, idx, output)
             else:
@@ -431,7 +393,7 @@ class LinearRegressorHandler:
         return {"error": message}
 
 
-_service = LinearRegressorHandler()
+_service = ModelHandler()
 
 
 def handle(data: list[Any] | None, context: Context) -> list[Answer] | None:

@@ -10,7 +10,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 
-from .stats import DEFAULT_EDGES, validate_edges
+from modelserve.buckets import DEFAULT_EDGES, validate_edges
 
 
 class ConfigError(ValueError):

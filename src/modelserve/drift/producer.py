@@ -1,6 +1,6 @@
 """Training-data simulator: writes rows ``{"x1": .., "x2": ..}`` to the training topic.
 
-Run: ``python -m drift.producer [--create-topic | --only-create-topic]``
+Run: ``python -m modelserve.drift.producer [--create-topic | --only-create-topic]``
 (with ``roles/kafka_drift/files`` on ``PYTHONPATH``).
 
 Environment
@@ -315,7 +315,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    """Entry point of ``python -m drift.producer``; the exit code."""
+    """Entry point of ``python -m modelserve.drift.producer``; the exit code."""
     args = parse_args(argv)
     env = os.environ if env is None else env
     setup_logging(env)
