@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,3 +141,44 @@ def active_colour(host) -> str:
 def idle_colour(colour: str) -> str:
     """The colour /test/predict goes to: the first that is not production."""
     return next(c for c in COLOURS if c != colour)
+
+
+# How far a served answer may be from torch's own (float32 through JSON).
+TOLERANCE = 1e-6
+# Other weights than files/model's: a deployed model whose answers differ from the delivered one.
+NEW_WEIGHT, NEW_BIAS = [[1.0, 1.0]], [0.5]
+
+
+def deploy(model_dir: Path, version: str, expected: float, *extra: str) -> PlaybookRun:
+    """deploy_model.yml of ``model_dir`` to the idle colour, smoke-tested on the reference input."""
+    variables = {
+        "model_dir": str(model_dir),
+        "model_version": version,
+        "smoke_input": {"data": REFERENCE_INPUT},
+        "smoke_expected": expected,
+    }
+    return run_playbook("deploy_model.yml", "-e", json.dumps(variables), *extra)
+
+
+@pytest.fixture
+def new_model(tmp_path: Path) -> tuple[Path, float]:
+    """The delivered model with other weights, and what torch says it answers."""
+    import torch
+
+    model_dir = tmp_path / "model-2.0"
+    shutil.copytree(REPO / "files/model", model_dir)
+    weight, bias = torch.tensor(NEW_WEIGHT), torch.tensor(NEW_BIAS)
+    torch.save({"linear.weight": weight, "linear.bias": bias}, model_dir / "model.pth")
+    expected = torch.nn.functional.linear(torch.tensor([REFERENCE_INPUT]), weight, bias).item()
+    return model_dir, float(expected)
+
+
+@pytest.fixture
+def restore_delivered_model(reference_output: float):
+    """Leave both colours serving files/model 1.0, the initial colour in production."""
+    yield
+    initial = CONTRACT["bluegreen_initial_colour"]
+    assert run_playbook("swap.yml", "-e", f"target={initial}").returncode == 0
+    restored = deploy(REPO / "files/model", "1.0", reference_output)
+    assert restored.returncode == 0, restored.output
+    assert abs(predict("/test/predict").json()["output"] - reference_output) <= TOLERANCE

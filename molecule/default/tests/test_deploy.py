@@ -12,7 +12,15 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from conftest import BASE_URL, REFERENCE_INPUT, REPO, predict, run_playbook
+from conftest import (
+    BASE_URL,
+    REFERENCE_INPUT,
+    REPO,
+    TOLERANCE,
+    deploy,
+    predict,
+    run_playbook,
+)
 
 PROMETHEUS = "http://127.0.0.1:9090"
 # A handler a model team may bring (the opt-out): it answers, and does nothing else.
@@ -50,42 +58,6 @@ OWN_HANDLER = textwrap.dedent(
         return answers
     """
 )
-
-TOLERANCE = 1e-6
-NEW_WEIGHT, NEW_BIAS = [[1.0, 1.0]], [0.5]
-
-
-def deploy(model_dir: Path, version: str, expected: float, *extra: str):
-    variables = {
-        "model_dir": str(model_dir),
-        "model_version": version,
-        "smoke_input": {"data": REFERENCE_INPUT},
-        "smoke_expected": expected,
-    }
-    return run_playbook("deploy_model.yml", "-e", json.dumps(variables), *extra)
-
-
-@pytest.fixture
-def new_model(tmp_path: Path) -> tuple[Path, float]:
-    """The delivered model with other weights, and what torch says it answers."""
-    import torch
-
-    model_dir = tmp_path / "model-2.0"
-    shutil.copytree(REPO / "files/model", model_dir)
-    weight, bias = torch.tensor(NEW_WEIGHT), torch.tensor(NEW_BIAS)
-    torch.save({"linear.weight": weight, "linear.bias": bias}, model_dir / "model.pth")
-    expected = torch.nn.functional.linear(torch.tensor([REFERENCE_INPUT]), weight, bias).item()
-    return model_dir, float(expected)
-
-
-@pytest.fixture
-def restore_delivered_model(reference_output: float):
-    """Leave both colours serving files/model 1.0, green in production."""
-    yield
-    assert run_playbook("swap.yml", "-e", "target=green").returncode == 0
-    restored = deploy(REPO / "files/model", "1.0", reference_output)
-    assert restored.returncode == 0, restored.output
-    assert abs(predict("/test/predict").json()["output"] - reference_output) <= TOLERANCE
 
 
 def answer(route: str) -> tuple[str, float]:

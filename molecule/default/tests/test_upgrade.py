@@ -1,0 +1,159 @@
+"""The upgrade path: a host converged by the layout before the restructure (issue 12)
+converges with this checkout under load, keeping its active colour, its deployed models
+and its drift state.
+
+The baseline is that revision of this repository, taken from git history: a clone
+without it cannot run this test, and the test says so instead of passing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from conftest import (
+    BASE_URL,
+    CONTRACT,
+    REPO,
+    TOLERANCE,
+    active_colour,
+    idle_colour,
+    predict,
+    run_ansible,
+    run_playbook,
+    user_environment,
+)
+
+from modelserve.wrk import parse_summary
+
+# main when issue 12 was filed: roles/monitoring for four services, playbooks/ imported
+# by root stubs, the handler in files/model.
+BASELINE = "1a79ceb4db82e74a602681189fdcdc67041f618f"
+MODELS_FACT_FILE: str = CONTRACT["bluegreen_models_fact_file"]
+PROMETHEUS = "http://127.0.0.1:9090"
+WRK_LIMIT_S = 900  # bounds a hung converge only; wrk is stopped when site.yml ends
+WRK_POST = """wrk.method = "POST"
+wrk.body = '{"data": [0.2, 0.6]}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def baseline_checkout(destination: Path) -> Path:
+    """The baseline revision's files, with this checkout's venv and image cache."""
+    known = subprocess.run(
+        ["git", "-C", str(REPO), "cat-file", "-e", f"{BASELINE}^{{commit}}"], check=False
+    )
+    assert known.returncode == 0, (
+        f"revision {BASELINE} is not in this clone's history (a shallow clone?): "
+        "fetch it (git fetch --unshallow) to test the upgrade path"
+    )
+    archive = destination / "baseline.tar"
+    with archive.open("wb") as out:
+        subprocess.run(["git", "-C", str(REPO), "archive", BASELINE], stdout=out, check=True)
+    tree = destination / "baseline"
+    with tarfile.open(archive) as tar:
+        tar.extractall(tree, filter="data")
+    for shared in (".venv", ".cache"):
+        (tree / shared).symlink_to(REPO / shared)
+    return tree
+
+
+def run_baseline_playbook(tree: Path, playbook: str, *extra: str) -> None:
+    result = subprocess.run(
+        ["ansible-playbook", playbook, *extra],
+        cwd=tree,
+        env=user_environment(),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+
+def training_counts(host) -> dict[str, float]:
+    """Rows of training data the drift consumer has counted, per feature."""
+    url = f"{PROMETHEUS}/api/v1/query?query={quote('max by (feature) (drift_training_count)')}"
+    result = json.loads(host.check_output(f"curl -sf '{url}'"))["data"]["result"]
+    return {s["metric"]["feature"]: float(s["value"][1]) for s in result}
+
+
+def samples_at(host, expr: str, at: float) -> int:
+    url = f"{PROMETHEUS}/api/v1/query?query={quote(expr)}&time={at:.3f}"
+    return len(json.loads(host.check_output(f"curl -sf '{url}'"))["data"]["result"])
+
+
+@pytest.mark.usefixtures("restore_delivered_model")
+def test_a_host_of_the_previous_layout_upgrades_under_load(
+    host, tmp_path: Path, new_model: tuple[Path, float]
+) -> None:
+    baseline = baseline_checkout(tmp_path)
+    run_baseline_playbook(baseline, "site.yml")
+    # State a fresh converge would not produce: another model, deployed by the baseline's
+    # path (its delivery still brings a handler), on the colour not in production first.
+    model_dir, new_output = new_model
+    shutil.copy(baseline / "files/model/handler.py", model_dir)
+    production = idle_colour(active_colour(host))
+    deployment = {
+        "model_dir": str(model_dir),
+        "model_version": "2.0",
+        "smoke_input": {"data": [0.2, 0.6]},
+        "smoke_expected": new_output,
+    }
+    run_baseline_playbook(baseline, "deploy_model.yml", "-e", json.dumps(deployment))
+    run_baseline_playbook(baseline, "swap.yml", "-e", f"target={production}")
+    models_before = host.file(MODELS_FACT_FILE).content_string
+    training_before = training_counts(host)
+    assert training_before, "the baseline's drift consumer exported no training statistics"
+    before_upgrade = time.time()
+
+    script = tmp_path / "post.lua"
+    script.write_text(WRK_POST)
+    wrk = subprocess.Popen(
+        ["wrk", "-t", "2", "-c", "20", "-d", f"{WRK_LIMIT_S}s", "--timeout", "5s",
+         "-s", str(script), f"{BASE_URL}/predict"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(3)
+        started = time.monotonic()
+        upgrade = run_ansible("ansible-playbook", "site.yml", timeout=1200)
+        upgrade_s = time.monotonic() - started
+        time.sleep(3)
+    finally:
+        wrk.send_signal(signal.SIGINT)
+        output, _ = wrk.communicate(timeout=30)
+    assert upgrade.returncode == 0, upgrade.output[-4000:]
+    load = parse_summary(output)
+    print(
+        f"upgrade under load: site.yml took {upgrade_s:.1f} s, changed={upgrade.changed};"
+        f" wrk: {load.requests} requests, {load.non_2xx} non-2xx,"
+        f" socket errors {load.socket_errors or 'none'}"
+    )
+    assert load.duration_s < WRK_LIMIT_S - 2, "wrk ran out of time before site.yml ended"
+    assert load.requests > 500
+    assert load.failed == 0, output
+
+    # Production, its model and the record of it are what the baseline left.
+    assert active_colour(host) == production
+    answer = predict("/predict")
+    assert answer.headers["X-Model-Colour"] == production
+    assert abs(answer.json()["output"] - new_output) <= TOLERANCE
+    assert host.file(MODELS_FACT_FILE).content_string == models_before
+    # The drift consumer's state and Prometheus's history survived.
+    training_after = training_counts(host)
+    assert training_after.keys() == training_before.keys()
+    for feature, count in training_before.items():
+        assert training_after[feature] >= count, (feature, training_before, training_after)
+    assert samples_at(host, "drift_training_count", before_upgrade - 30) > 0
+
+    again = run_playbook("site.yml")
+    assert again.returncode == 0, again.output[-4000:]
+    assert again.changed == 0, again.output[-4000:]
