@@ -11,13 +11,17 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import pytest
 import requests
+
+from modelserve.wrk import WrkSummary, parse_summary
 
 REPO = Path(__file__).resolve().parents[3]
 BASE_URL = f"http://127.0.0.1:{os.environ.get('MODELSERVE_HTTP_PORT', '8080')}"
@@ -182,3 +186,47 @@ def restore_delivered_model(reference_output: float):
     restored = deploy(REPO / "files/model", "1.0", reference_output)
     assert restored.returncode == 0, restored.output
     assert abs(predict("/test/predict").json()["output"] - reference_output) <= TOLERANCE
+
+
+WRK_POST = "\n".join(
+    [
+        'wrk.method = "POST"',
+        f"wrk.body = '{json.dumps({'data': REFERENCE_INPUT})}'",
+        'wrk.headers["Content-Type"] = "application/json"',
+    ]
+)
+
+
+class PredictLoad:
+    """wrk keeping kept-alive connections busy on /predict (the reference input) for the
+    duration of a ``with`` block; ``limit_s`` only bounds a block that hangs."""
+
+    def __init__(self, tmp_path: Path, connections: int, limit_s: int) -> None:
+        self.script = tmp_path / "post.lua"
+        self.argv = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{limit_s}s",
+                     "--timeout", "5s", "-s", str(self.script), f"{BASE_URL}/predict"]  # fmt: skip
+        self.limit_s = limit_s
+        self.output = ""
+
+    def __enter__(self) -> PredictLoad:
+        self.script.write_text(WRK_POST)
+        self.process = subprocess.Popen(
+            self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.process.send_signal(signal.SIGINT)  # wrk stops and prints its summary
+        self.output, _ = self.process.communicate(timeout=30)
+
+    def summary(self) -> WrkSummary:
+        """wrk's figures, once it ended by itself well within its limit."""
+        assert self.process.returncode == 0, self.output
+        load = parse_summary(self.output)
+        assert load.duration_s < self.limit_s - 2, "wrk ran out of time before the block ended"
+        return load
