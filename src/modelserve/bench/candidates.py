@@ -17,6 +17,7 @@ from modelserve.bench import REPO
 
 TORCHSERVE_DEFAULTS = REPO / "roles" / "torchserve" / "defaults" / "main.yml"
 NGINX_DEFAULTS = REPO / "roles" / "nginx" / "defaults" / "main.yml"
+TORCHSERVE_VARS = REPO / "roles" / "torchserve" / "vars" / "main.yml"
 
 # The load: the same tool, script and duration for every candidate. Every candidate runs
 # once per round, in an order that rotates, so a co-tenant's burst spreads over them.
@@ -76,6 +77,11 @@ FASTAPI_WORKERS = 1  # `uvicorn app:app`, as the reference project ran it: one p
 def _read_yaml(path: Path) -> dict[str, Any]:
     data = yaml.safe_load(path.read_text())
     return data if isinstance(data, dict) else {}
+
+
+def archived_package_files() -> list[str]:
+    """The package modules the torchserve role archives beside the platform's handler."""
+    return list(_read_yaml(TORCHSERVE_VARS)["torchserve_package_files"])
 
 
 def tuned_torchserve(defaults: dict[str, Any] | None = None) -> TorchServeSettings:

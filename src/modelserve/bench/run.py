@@ -39,8 +39,6 @@ from modelserve.testbed import images as build_images
 T = TypeVar("T")
 MODEL_DIR = REPO / "files" / "model"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-# What the torchserve role archives beside the handler (roles/torchserve/vars/main.yml).
-ARCHIVED_PACKAGE_FILES = ("__init__.py", "parsing.py", "buckets.py", "bucket_edges.json")
 POST_SCRIPT = DATA_DIR / "post.lua"
 LOG_TEMPLATE = REPO / "roles" / "torchserve" / "templates" / "log4j2.xml.j2"
 LOG_CONFIG = "/home/model-server/log4j2.xml"
@@ -119,7 +117,7 @@ def write_model_store(work: Path, settings: cfg.TorchServeSettings) -> Path:
     # The platform's handler and the modules it imports, as the torchserve role archives them.
     shutil.copy(PACKAGE_DIR / "handler.py", src / "handler.py")
     (src / "platform" / "modelserve").mkdir(parents=True, exist_ok=True)
-    for name in ARCHIVED_PACKAGE_FILES:
+    for name in cfg.archived_package_files():
         shutil.copy(PACKAGE_DIR / name, src / "platform" / "modelserve" / name)
     model_config = {
         "minWorkers": settings.workers,
