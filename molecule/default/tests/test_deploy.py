@@ -129,6 +129,9 @@ def test_deploy_failing_its_smoke_test_leaves_production_alone(
         ({"model_dir": "/nonexistent"}, "model_dir must hold"),
         ({"model_version": "2.0; rm -rf /"}, "model_version must be"),
         ({"smoke_expected": None}, "Give model_dir, model_version"),
+        # An existing file outside model_dir, named so that it would be written outside
+        # the archive's directory on the host.
+        ({"model_handler": "../" * 12 + "etc/hostname"}, "model_handler must be the name"),
     ],
 )
 def test_bad_deploy_arguments_fail_clearly(host, extra: dict, message: str) -> None:
