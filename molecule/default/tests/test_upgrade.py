@@ -1,6 +1,7 @@
 """The upgrade path: a host converged by the layout before the restructure (issue 12)
 converges with this checkout under load, keeping its active colour, its deployed models
-and its drift state.
+and its drift state, and without restarting production: what production's restart waits
+for applies at the first converge after a swap has made that colour idle.
 
 The baseline is that revision of this repository, taken from git history: a clone
 without it cannot run this test, and the test says so instead of passing.
@@ -9,6 +10,7 @@ without it cannot run this test, and the test says so instead of passing.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tarfile
@@ -19,10 +21,12 @@ from urllib.parse import quote
 import pytest
 from conftest import (
     CONTRACT,
+    FACT_FILE,
     REPO,
     TOLERANCE,
     PredictLoad,
     active_colour,
+    colour_container,
     idle_colour,
     predict,
     run_ansible,
@@ -83,17 +87,35 @@ def samples_at(host, expr: str, at: float) -> int:
     return len(json.loads(host.check_output(f"curl -sf '{url}'"))["data"]["result"])
 
 
+def started_at(host, colour: str) -> str:
+    """When the colour's container last started."""
+    return host.check_output(
+        "docker inspect -f '{{.State.StartedAt}}' %s", colour_container(colour)
+    ).strip()
+
+
+def status_line(colour: str) -> str:
+    """The colour's line of status.yml's report."""
+    status = run_playbook("status.yml")
+    assert status.returncode == 0, status.output[-4000:]
+    lines = re.findall(rf'"{colour}: [^"]*"', status.output)
+    assert len(lines) == 1, status.output[-4000:]
+    return lines[0]
+
+
 @pytest.mark.usefixtures("restore_delivered_model")
 def test_a_host_of_the_previous_layout_upgrades_under_load(
-    host, tmp_path: Path, new_model: tuple[Path, float]
+    host, tmp_path: Path, new_model: tuple[Path, float], reference_output: float
 ) -> None:
     baseline = baseline_checkout(tmp_path)
     run_baseline_playbook(baseline, "site.yml")
     # State a fresh converge would not produce: another model, deployed by the baseline's
-    # path (its delivery still brings a handler), on the colour not in production first.
+    # path (its delivery brings a handler), on the idle colour. Production serves the
+    # delivered model, whose archive the upgrade rebuilds (the handler moved).
+    production = active_colour(host)
+    idle = idle_colour(production)
     model_dir, new_output = new_model
     shutil.copy(baseline / "files/model/handler.py", model_dir)
-    production = idle_colour(active_colour(host))
     deployment = {
         "model_dir": str(model_dir),
         "model_version": "2.0",
@@ -101,8 +123,9 @@ def test_a_host_of_the_previous_layout_upgrades_under_load(
         "smoke_expected": new_output,
     }
     run_baseline_playbook(baseline, "deploy_model.yml", "-e", json.dumps(deployment))
-    run_baseline_playbook(baseline, "swap.yml", "-e", f"target={production}")
+    colour_record = host.file(FACT_FILE).content_string
     models_before = host.file(MODELS_FACT_FILE).content_string
+    production_started = started_at(host, production)
     training_before = training_counts(host)
     assert training_before, "the baseline's drift consumer exported no training statistics"
     before_upgrade = time.time()
@@ -123,12 +146,18 @@ def test_a_host_of_the_previous_layout_upgrades_under_load(
     assert load.requests > 500
     assert load.failed == 0, wrk.output
 
-    # Production, its model and the record of it are what the baseline left.
+    # Production, its model and the record of it are what the baseline left; production
+    # was not restarted, and says what its restart waits for.
     assert active_colour(host) == production
     answer = predict("/predict")
     assert answer.headers["X-Model-Colour"] == production
-    assert abs(answer.json()["output"] - new_output) <= TOLERANCE
+    assert abs(answer.json()["output"] - reference_output) <= TOLERANCE
+    assert abs(predict("/test/predict").json()["output"] - new_output) <= TOLERANCE
     assert host.file(MODELS_FACT_FILE).content_string == models_before
+    assert host.file(FACT_FILE).content_string == colour_record
+    assert started_at(host, production) == production_started
+    assert "RESTART PENDING (a new archive of the model it loads" in status_line(production)
+    assert "PENDING" not in status_line(idle)
     # The drift consumer's state and Prometheus's history survived.
     training_after = training_counts(host)
     assert training_after.keys() == training_before.keys()
@@ -139,3 +168,12 @@ def test_a_host_of_the_previous_layout_upgrades_under_load(
     again = run_playbook("site.yml")
     assert again.returncode == 0, again.output[-4000:]
     assert again.changed == 0, again.output[-4000:]
+
+    # The held restart applies once a swap has made that colour idle; restore_delivered_model
+    # then swaps back to it.
+    assert run_playbook("swap.yml", "-e", f"target={idle}").returncode == 0
+    applied = run_playbook("site.yml")
+    assert applied.returncode == 0, applied.output[-4000:]
+    assert started_at(host, production) != production_started
+    assert "PENDING" not in status_line(production)
+    assert abs(predict("/test/predict").json()["output"] - reference_output) <= TOLERANCE
