@@ -272,7 +272,9 @@ def test_kills_and_restarts_count_every_message_exactly_once(
     state, log = tmp_path / "state.json", tmp_path / "consumer.log"
     # A backlog first, so the first SIGKILL lands while the consumer is catching up.
     backlog = produce(broker, 1000, 0, seed=0, timeout=60)
-    producer = start_producer(broker, 2000, 80.0, seed=1, log=tmp_path / "producer.log")
+    # Writing until stopped after the kills, however long a loaded machine makes them take
+    # (a fixed count once ran out first); the count only bounds a test that hangs.
+    producer = start_producer(broker, 20_000, 80.0, seed=1, log=tmp_path / "producer.log")
     consumers: list[Consumer] = []
     try:
         last = 0
@@ -291,16 +293,19 @@ def test_kills_and_restarts_count_every_message_exactly_once(
             )
             code = consumer.kill(sig)
             assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
-        assert producer.poll() is None, "the producer finished before the kills: raise its count"
+        assert producer.poll() is None, "the producer reached its bound before the kills"
         assert "stopped:" in log.read_text(), "SIGTERM must end with the final state line"
 
         final = Consumer(broker, state, log)
         consumers.append(final)
+        time.sleep(2)  # the final consumer starts while messages still arrive
+        producer.send_signal(signal.SIGTERM)
         out, _ = producer.communicate(timeout=60)
         summary = json.loads(out.decode().strip().splitlines()[-1])
         want_valid, want_invalid = expected(backlog, summary)
-        assert want_valid + sum(want_invalid.values()) == 3000
-        wait_for(lambda: final.total() >= 3000, 60, "all 3000 messages to be counted")
+        written = want_valid + sum(want_invalid.values())
+        assert written > 1000 + 3 * 150, summary
+        wait_for(lambda: final.total() >= written, 60, f"all {written} messages to be counted")
         time.sleep(2)  # anything counted twice would show up now
         assert final.counted() == (want_valid, want_invalid)
         samples = final.metrics()
@@ -312,7 +317,7 @@ def test_kills_and_restarts_count_every_message_exactly_once(
         saved = json.loads(state.read_text())
         # No gaps in Tansu's offsets: the next offsets add up to the messages written.
         assert sorted(saved["offsets"]) == ["0", "1", "2"]
-        assert sum(saved["offsets"].values()) == 3000
+        assert sum(saved["offsets"].values()) == written
         assert saved["valid"] == want_valid
     finally:
         producer.kill()
