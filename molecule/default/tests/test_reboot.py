@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import (
+    COLOURS,
     CONTRACT,
     REPO,
     active_colour,
@@ -219,28 +220,35 @@ def check_drift_counted_once(host, rebooted_epoch: float) -> None:
         host.run(f"docker start {SIMULATOR}")
 
 
-def colour_started_at(host) -> str:
+def colour_started_at(host, colour: str) -> str:
     return host.check_output(
-        "docker inspect -f '{{.State.StartedAt}}' %s", colour_container(COLOUR)
+        "docker inspect -f '{{.State.StartedAt}}' %s", colour_container(colour)
     ).strip()
 
 
-def write_pending_record(host, record: str) -> None:
-    content = f"started {colour_started_at(host)}\nits new config.properties\n"
-    assert host.run("printf %s > %s", content, record).rc == 0
+def write_pending_records(host) -> None:
+    """Each colour's record of a change its restart waits for, as a converge writes it
+    (roles/torchserve): production's, and one the idle colour would act on."""
+    for colour in COLOURS:
+        content = f"started {colour_started_at(host, colour)}\nits new config.properties\n"
+        record = CONTRACT["bluegreen_pending_restart_files"][colour]
+        assert host.run("printf '%%s' %s > %s", content, record).rc == 0
 
 
-def check_pending_record_dropped(host, record: str) -> None:
-    """The torchserve role, as site.yml runs it, drops the record of changes the restart
-    applied, and restarts nothing for them."""
-    started = colour_started_at(host)
+def check_pending_records_dropped(host) -> None:
+    """The torchserve role, as site.yml runs it, drops the records of changes the restart
+    applied, and restarts no colour for them (the idle one would restart for a record of
+    this start)."""
+    started = {colour: colour_started_at(host, colour) for colour in COLOURS}
     converge = run_ansible(
         "ansible", "modelserve", "-b", "-m", "ansible.builtin.include_role",
         "-a", "name=torchserve", timeout=300,
     )  # fmt: skip
     assert converge.returncode == 0, converge.output[-3000:]
-    assert not host.file(record).exists, host.file(record).content_string
-    assert colour_started_at(host) == started
+    for colour in COLOURS:
+        record = CONTRACT["bluegreen_pending_restart_files"][colour]
+        assert not host.file(record).exists, (colour, host.file(record).content_string)
+    assert {colour: colour_started_at(host, colour) for colour in COLOURS} == started
 
 
 @pytest.mark.usefixtures("blue_in_production")
@@ -260,10 +268,9 @@ def test_stack_comes_back_after_a_restart(host, tmp_path: Path, kind: str) -> No
         30,
     )
 
-    # What a converge records while production waits for a restart (roles/torchserve):
-    # the restart lets it run with the change, and the next converge must drop the record.
-    record = CONTRACT["bluegreen_pending_restart_files"][COLOUR]
-    write_pending_record(host, record)
+    # Records of changes waiting for a restart: the restart applies them, and the next
+    # converge must drop them.
+    write_pending_records(host)
 
     started, started_epoch = time.monotonic(), time.time()
     restart(kind, host)
@@ -293,4 +300,4 @@ def test_stack_comes_back_after_a_restart(host, tmp_path: Path, kind: str) -> No
         f" {rules:.1f} s"
     )
     check_drift_counted_once(host, started_epoch)
-    check_pending_record_dropped(host, record)
+    check_pending_records_dropped(host)

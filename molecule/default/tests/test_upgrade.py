@@ -39,6 +39,13 @@ from conftest import (
 BASELINE = "1a79ceb4db82e74a602681189fdcdc67041f618f"
 MODELS_FACT_FILE: str = CONTRACT["bluegreen_models_fact_file"]
 PROMETHEUS = "http://127.0.0.1:9090"
+# What roles/torchserve records, one per line, for production's held restart.
+PENDING_REASONS = {
+    "a new archive of the model it loads",
+    "its new config.properties",
+    "its new log4j2.xml",
+    "its new container settings",
+}
 WRK_LIMIT_S = 900  # bounds a hung converge only; wrk is stopped when site.yml ends
 
 
@@ -157,6 +164,10 @@ def test_a_host_of_the_previous_layout_upgrades_under_load(
     assert host.file(FACT_FILE).content_string == colour_record
     assert started_at(host, production) == production_started
     assert "RESTART PENDING (a new archive of the model it loads" in status_line(production)
+    record = host.file(CONTRACT["bluegreen_pending_restart_files"][production]).content_string
+    started_line, *reasons = record.splitlines()
+    assert started_line == f"started {production_started}", record
+    assert reasons and set(reasons) <= PENDING_REASONS, record
     assert "PENDING" not in status_line(idle)
     # The drift consumer's state and Prometheus's history survived.
     training_after = training_counts(host)
@@ -171,7 +182,8 @@ def test_a_host_of_the_previous_layout_upgrades_under_load(
 
     # The held restart applies once a swap has made that colour idle; restore_delivered_model
     # then swaps back to it.
-    assert run_playbook("swap.yml", "-e", f"target={idle}").returncode == 0
+    swap = run_playbook("swap.yml", "-e", f"target={idle}")
+    assert swap.returncode == 0, swap.output[-4000:]
     applied = run_playbook("site.yml")
     assert applied.returncode == 0, applied.output[-4000:]
     assert started_at(host, production) != production_started
