@@ -46,3 +46,13 @@ def test_bytecode_caches_are_no_input(tmp_path: Path) -> None:
     (tmp_path / "x" / "__pycache__" / "run.cpython-311.pyc").write_bytes(b"\0")
     spec = images.ImageSpec("x", "t", offline=False, root=tmp_path)
     assert set(spec.inputs()) == {Path("Dockerfile")}
+
+
+def test_free_space_error_names_each_short_place(tmp_path: Path) -> None:
+    free = images.shutil.disk_usage(tmp_path).free
+    assert images.free_space_error({"cache": tmp_path}, minimum=free // 2) is None
+    message = images.free_space_error({"cache": tmp_path, "docker": tmp_path}, minimum=free * 2)
+    assert message is not None
+    assert message.count(str(tmp_path)) == 2
+    assert "(cache)" in message and "(docker)" in message
+    assert "docker volume prune" in message

@@ -34,6 +34,8 @@ IMAGES_DIR = REPO / "images"
 CACHE = REPO / ".cache"
 HASH_LABEL = "org.modelserve.inputs-sha256"
 BASE_TAG = "modelserve-local/debian:bookworm"
+# What a build from nothing writes: images, their tarballs, the VM's inner Docker storage.
+MIN_FREE_BYTES = 16 * 2**30
 APT_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 FALLBACK_SOURCES = Path("/etc/apt/sources.list")
 
@@ -118,6 +120,27 @@ def image_label(tag: str, label: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+def free_space_error(paths: dict[str, Path], minimum: int = MIN_FREE_BYTES) -> str | None:
+    """A message naming every place with less than `minimum` bytes free, or None."""
+    short = []
+    for purpose, path in paths.items():
+        free = shutil.disk_usage(path).free
+        if free < minimum:
+            short.append(f"{path} ({purpose}): {free / 2**30:.1f} GiB free")
+    if not short:
+        return None
+    return (
+        f"images: less than {minimum / 2**30:.0f} GiB free, needed to build and test:\n  "
+        + "\n  ".join(short)
+        + "\nSee what Docker could reclaim with `docker system df`; volumes left by"
+        " destroyed test VMs go with `docker volume prune`."
+    )
+
+
+def docker_root() -> Path:
+    return Path(run("docker", "info", "-f", "{{.DockerRootDir}}", capture=True))
+
+
 def debian_mirror() -> str:
     """The Debian mirror the machine's own apt sources use."""
     for source in (APT_SOURCES, FALLBACK_SOURCES):
@@ -192,8 +215,12 @@ def build(spec: ImageSpec) -> None:
         for wheel in wheelhouse.iterdir():
             os.link(wheel, wheels / wheel.name)
     log(f"{spec.tag}: building")
+    replaced = image_id(spec.tag)
     run("docker", "build", "--label", f"{HASH_LABEL}={wanted}", "-t", spec.tag, str(context))
     shutil.rmtree(context)
+    if replaced and replaced != image_id(spec.tag):
+        # Untagged by the build, the old image would keep its gigabytes until a prune.
+        subprocess.run(["docker", "image", "rm", replaced], capture_output=True, check=False)
 
 
 def export(spec: ImageSpec, directory: Path) -> None:
@@ -243,16 +270,26 @@ def main() -> None:
     args = parser.parse_args()
     CACHE.mkdir(exist_ok=True)
     args.offline_dir.mkdir(parents=True, exist_ok=True)
+    error = free_space_error({"Docker's storage": docker_root(), "tarballs": args.offline_dir})
+    if error:
+        sys.exit(error)
+    try:
+        build_all(args.only, args.offline_dir)
+    except subprocess.CalledProcessError as failure:
+        sys.exit(f"images: `{' '.join(map(str, failure.cmd))}` failed (exit {failure.returncode})")
+
+
+def build_all(only: list[str] | None, offline_dir: Path) -> None:
     build_base()
     for spec in IMAGES:
-        if args.only and spec.directory not in args.only:
+        if only and spec.directory not in only:
             continue
         build(spec)
         if spec.offline:
-            export(spec, args.offline_dir)
-    if not args.only:
+            export(spec, offline_dir)
+    if not only:
         for name, requirements in HOST_WHEELHOUSES.items():
-            export_wheels(name, requirements, args.offline_dir)
+            export_wheels(name, requirements, offline_dir)
 
 
 if __name__ == "__main__":
