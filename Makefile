@@ -7,10 +7,11 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export MODELSERVE_HTTP_PORT ?= 8080
+export MODELSERVE_SSH_PORT ?= 2222
 
-.PHONY: demo demo-destroy test lint unit integration molecule host venv images bench
+.PHONY: demo demo-destroy test lint unit integration molecule host venv images ssh-keys bench
 
-demo: images
+demo: images ssh-keys
 	molecule converge
 	@echo
 	@echo "The local VM serves the model on http://127.0.0.1:$(MODELSERVE_HTTP_PORT)"
@@ -44,8 +45,9 @@ integration: venv
 	chmod +x $(TANSU)
 	DRIFT_TANSU_BIN=$(TANSU) pytest -q tests/integration
 
-molecule: images
-	molecule test
+# Over SSH as admin with become, as on an EC2 image; make demo keeps Docker's connection.
+molecule: images ssh-keys
+	MODELSERVE_CONNECTION=ssh molecule test
 
 # Not part of `make test`: needs the VM converged (make demo); takes about 7 minutes.
 # See benchmarks/README.md.
@@ -68,3 +70,6 @@ $(VENV)/.installed: pyproject.toml requirements.txt requirements-model.txt image
 
 images: host venv
 	$(BIN)/python -m modelserve.testbed.images
+
+ssh-keys: venv
+	$(BIN)/python -m modelserve.testbed.ssh_keys

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 # Debian packages the controller needs: a Docker engine, debootstrap for the base
-# image, and wrk for the load tests.
-PACKAGES = ("docker.io", "debootstrap", "wrk")
+# image, wrk for the load tests, and an SSH client (the tests reach the VM over SSH).
+PACKAGES = ("docker.io", "debootstrap", "wrk", "openssh-client")
 DOCKERD_LOG = Path(os.environ.get("DOCKERD_LOG", "/var/log/modelserve-dockerd.log"))
 DOCKER_WAIT_SECONDS = 60
 
