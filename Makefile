@@ -8,6 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export MODELSERVE_HTTP_PORT ?= 8080
 export MODELSERVE_SSH_PORT ?= 2222
+export MODELSERVE_HTTPS_PORT ?= 8443
 
 .PHONY: demo demo-destroy test lint unit integration molecule host venv images ssh-keys bench
 
@@ -17,6 +18,8 @@ demo: images ssh-keys
 	@echo "The local VM serves the model on http://127.0.0.1:$(MODELSERVE_HTTP_PORT)"
 	@echo "  curl -s -X POST http://127.0.0.1:$(MODELSERVE_HTTP_PORT)/predict -H 'Content-Type: application/json' -d '{\"data\": [0.2, 0.6]}'"
 	@echo "  curl -s -X POST http://127.0.0.1:$(MODELSERVE_HTTP_PORT)/test/predict -H 'Content-Type: application/json' -d '{\"data\": [0.2, 0.6]}'"
+	@echo "and over HTTPS on https://127.0.0.1:$(MODELSERVE_HTTPS_PORT) (a self-signed certificate: -k, or --cacert with a copy of it)"
+	@echo "  curl -sk -X POST https://127.0.0.1:$(MODELSERVE_HTTPS_PORT)/predict -H 'Content-Type: application/json' -d '{\"data\": [0.2, 0.6]}'"
 	@echo "Swap colours:   $(VENV)/bin/ansible-playbook swap.yml -e target=blue"
 	@echo "Tear it down:   make demo-destroy"
 

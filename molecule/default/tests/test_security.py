@@ -25,8 +25,8 @@ from conftest import (
     torchserve_key,
 )
 
-# The only port the stack serves beyond the host's loopback: nginx's public port.
-PUBLIC_PORTS = {80}
+# The only ports the stack serves beyond the host's loopback: nginx's HTTP and HTTPS.
+PUBLIC_PORTS = {80, 443}
 # On the VM's loopback: the UIs (Locust, Prometheus, Alertmanager) and TorchServe's
 # inference and management APIs (which need their keys even there).
 LOOPBACK_ONLY = {8089, 9090, 9093} | {
@@ -285,6 +285,7 @@ def test_rate_limit_answers_429_beyond_the_rate(host) -> None:
             f"docker run -d --name {RATE_TEST_CONTAINER} --network {NETWORK}"
             f" -p 127.0.0.1:{RATE_TEST_PORT}:80"
             f" -v /opt/modelserve/nginx/nginx.conf:/etc/nginx/nginx.conf:ro"
+            f" -v /opt/modelserve/nginx/tls:/etc/nginx/tls:ro"
             f" -v {RATE_TEST_DIR}/conf.d:/etc/nginx/conf.d:ro {image}"
         )
         url = f"http://127.0.0.1:{RATE_TEST_PORT}"

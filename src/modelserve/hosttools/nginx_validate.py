@@ -7,6 +7,8 @@ Usage (from a template task's `validate:`):
 The live config tree is copied to a temporary directory, the candidate replaces
 the file it is meant to become, and `nginx -t` runs on that tree in a throwaway
 container on the stack network, so upstream names resolve as they will live.
+A candidate under tls/ (a key and its certificate in one PEM file) is first tested
+alone as a server's pair, since the live tree may not name it yet.
 """
 
 from __future__ import annotations
@@ -37,13 +39,33 @@ def main() -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.candidate, target)
         argv = ["docker", "run", "--rm", f"--network={args.network}", "--entrypoint=nginx"]
+        if args.relative.startswith("tls/"):
+            pair = Path(tmp) / "pair.conf"
+            pair.write_text(PAIR_CONFIG.format(pem=f"/etc/nginx/{args.relative}"))
+            mounts = [f"--volume={pair}:/etc/nginx/nginx.conf:ro"]
+            mounts.append(f"--volume={target}:/etc/nginx/{args.relative}:ro")
+            if not nginx_test([*argv, *mounts, args.image]):
+                return 1
         argv.append(f"--volume={tree / 'conf.d'}:/etc/nginx/conf.d:ro")
         if (tree / "nginx.conf").exists():
             argv.append(f"--volume={tree / 'nginx.conf'}:/etc/nginx/nginx.conf:ro")
-        result = subprocess.run([*argv, args.image, "-t"], capture_output=True, text=True)
-        sys.stdout.write(result.stdout)
-        sys.stderr.write(result.stderr)
-        return result.returncode
+        if (tree / "tls").is_dir():
+            argv.append(f"--volume={tree / 'tls'}:/etc/nginx/tls:ro")
+        return 0 if nginx_test([*argv, args.image]) else 1
+
+
+# A server with nothing but the candidate as its certificate and key.
+PAIR_CONFIG = """events {{}}
+http {{ server {{ listen 443 ssl; ssl_certificate {pem}; ssl_certificate_key {pem}; }} }}
+"""
+
+
+def nginx_test(argv: list[str]) -> bool:
+    """`nginx -t` in the container that argv runs; its output passed on."""
+    result = subprocess.run([*argv, "-t"], capture_output=True, text=True)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    return result.returncode == 0
 
 
 if __name__ == "__main__":
