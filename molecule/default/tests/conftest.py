@@ -25,6 +25,8 @@ from modelserve.wrk import WrkSummary, parse_summary
 
 REPO = Path(__file__).resolve().parents[3]
 BASE_URL = f"http://127.0.0.1:{os.environ.get('MODELSERVE_HTTP_PORT', '8080')}"
+HTTPS_PORT = int(os.environ.get("MODELSERVE_HTTPS_PORT", "8443"))
+HTTPS_URL = f"https://127.0.0.1:{HTTPS_PORT}"
 REFERENCE_INPUT = [0.2, 0.6]
 
 
@@ -201,10 +203,12 @@ class PredictLoad:
     """wrk keeping kept-alive connections busy on /predict (the reference input) for the
     duration of a ``with`` block; ``limit_s`` only bounds a block that hangs."""
 
-    def __init__(self, tmp_path: Path, connections: int, limit_s: int) -> None:
+    def __init__(
+        self, tmp_path: Path, connections: int, limit_s: int, base_url: str = BASE_URL
+    ) -> None:
         self.script = tmp_path / "post.lua"
         self.argv = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{limit_s}s",
-                     "--timeout", "5s", "-s", str(self.script), f"{BASE_URL}/predict"]  # fmt: skip
+                     "--timeout", "5s", "-s", str(self.script), f"{base_url}/predict"]  # fmt: skip
         self.limit_s = limit_s
         self.output = ""
 
