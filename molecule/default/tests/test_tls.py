@@ -25,6 +25,8 @@ from conftest import (
 )
 
 TLS_DIR = "/opt/modelserve/nginx/tls"
+# nginx's HTTP port on the host (the role's default; Molecule forwards MODELSERVE_HTTP_PORT to it).
+NGINX_HTTP_PORT = 80
 INITIAL: str = CONTRACT["bluegreen_initial_colour"]
 # The nginx role alone, as site.yml runs it (what the TLS variables change), or only its
 # TLS tasks (where a refused certificate stops the converge).
@@ -159,6 +161,13 @@ def test_given_certificate_redirect_hsts_and_a_broken_pair(host, tmp_path: Path)
         assert followed.status_code == 200, followed.text
         assert [r.status_code for r in followed.history] == [308]
         assert followed.headers["Strict-Transport-Security"] == "max-age=31536000"
+        # The host's own clients (deploy_model.yml's smoke test) reach nginx from the stack
+        # network, which stays on HTTP.
+        on_host = host.check_output(
+            "curl -s -o /dev/null -w '%{http_code}' -X POST -d '{\"data\": [0.2, 0.6]}'"
+            f" http://127.0.0.1:{NGINX_HTTP_PORT}/test/predict"
+        )
+        assert on_host == "200"
         health = requests.get(f"{BASE_URL}/healthz", allow_redirects=False, timeout=5)
         assert health.status_code == 200 and "Strict-Transport-Security" not in health.headers
         for method, path in (("GET", "/predict"), ("GET", "/nowhere"), ("GET", "/healthz")):
