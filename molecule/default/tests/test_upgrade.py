@@ -19,9 +19,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import requests
 from conftest import (
     CONTRACT,
     FACT_FILE,
+    HTTPS_URL,
+    REFERENCE_INPUT,
     REPO,
     TOLERANCE,
     PredictLoad,
@@ -110,6 +113,15 @@ def status_line(colour: str) -> str:
     return lines[0]
 
 
+def https_predict() -> requests.Response:
+    """/predict over HTTPS (the test bed's certificate is self-signed)."""
+    answer = requests.post(
+        f"{HTTPS_URL}/predict", json={"data": REFERENCE_INPUT}, timeout=10, verify=False
+    )
+    answer.raise_for_status()
+    return answer
+
+
 @pytest.mark.usefixtures("restore_delivered_model")
 def test_a_host_of_the_previous_layout_upgrades_under_load(
     host, tmp_path: Path, new_model: tuple[Path, float], reference_output: float
@@ -169,6 +181,11 @@ def test_a_host_of_the_previous_layout_upgrades_under_load(
     assert started_line == f"started {production_started}", record
     assert reasons and set(reasons) <= PENDING_REASONS, record
     assert "PENDING" not in status_line(idle)
+    # nginx kept its container, which the baseline made without HTTPS's port and mount:
+    # HTTPS waits for a restart the operator chooses.
+    assert "nginx: RESTART PENDING (its new container settings (" in status_line("nginx")
+    with pytest.raises(requests.ConnectionError):
+        https_predict()
     # The drift consumer's state and Prometheus's history survived.
     training_after = training_counts(host)
     assert training_after.keys() == training_before.keys()
@@ -189,3 +206,9 @@ def test_a_host_of_the_previous_layout_upgrades_under_load(
     assert started_at(host, production) != production_started
     assert "PENDING" not in status_line(production)
     assert abs(predict("/test/predict").json()["output"] - reference_output) <= TOLERANCE
+
+    # nginx's held change, applied when the operator allows its restart.
+    allowed = run_playbook("site.yml", "-e", "nginx_allow_restart=true")
+    assert allowed.returncode == 0, allowed.output[-4000:]
+    assert https_predict().headers["X-Model-Colour"] == idle
+    assert "nginx: running with its settings" in status_line("nginx")
