@@ -105,6 +105,27 @@ def run_playbook(playbook: str, *extra: str) -> PlaybookRun:
     return run_ansible("ansible-playbook", playbook, *extra)
 
 
+# The nginx role alone, as site.yml runs it, or only some of its tasks (where a refused
+# input stops the converge): for tests of its variables.
+NGINX_PLAY = """\
+- name: nginx only
+  hosts: modelserve
+  become: true
+  gather_subset: [min]
+  tasks:
+    - name: The nginx role
+      ansible.builtin.include_role:
+        name: nginx
+        tasks_from: {tasks}
+"""
+
+
+def converge_nginx(tmp_path: Path, *extra: str, tasks: str = "main") -> PlaybookRun:
+    playbook = tmp_path / f"nginx-{tasks}.yml"
+    playbook.write_text(NGINX_PLAY.format(tasks=tasks))
+    return run_playbook(str(playbook), *extra)
+
+
 def predict(
     route: str,
     payload: object | None = None,

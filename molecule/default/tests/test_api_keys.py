@@ -11,33 +11,20 @@ import time
 from pathlib import Path
 
 import requests
-from conftest import BASE_URL, REFERENCE_INPUT, predict, run_playbook
+from conftest import BASE_URL, REFERENCE_INPUT, PlaybookRun, converge_nginx, predict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 KEYS_FILE = "/opt/modelserve/nginx/conf.d/api-keys.conf"
 NGINX_LOGS = "/var/log/modelserve-nginx"
 KEY_ALPHABET = string.ascii_letters + string.digits + "._~+/=-"
-# The nginx role alone, as site.yml runs it (test_tls.py does the same for its variables).
-NGINX_PLAY = """\
-- name: nginx only
-  hosts: modelserve
-  become: true
-  gather_subset: [min]
-  tasks:
-    - name: The nginx role
-      ansible.builtin.include_role:
-        name: nginx
-"""
 KEYS = [secrets.token_urlsafe(32), "".join(secrets.choice(KEY_ALPHABET) for _ in range(40))]
 
 
-def converge_nginx(tmp_path: Path, keys: list[str]):
-    playbook = tmp_path / "nginx.yml"
-    playbook.write_text(NGINX_PLAY)
+def converge_with_keys(tmp_path: Path, keys: list[str]) -> PlaybookRun:
     variables = tmp_path / "keys.json"
     variables.write_text(json.dumps({"nginx_api_keys": keys}))
-    return run_playbook(str(playbook), "-e", f"@{variables}")
+    return converge_nginx(tmp_path, "-e", f"@{variables}")
 
 
 def post(route: str, authorization: str | None) -> requests.Response:
@@ -72,7 +59,7 @@ near_misses = st.sampled_from(KEYS).flatmap(
 def test_keys_are_required_when_set_and_never_logged(host, tmp_path: Path) -> None:
     started = time.monotonic()
     try:
-        converged = converge_nginx(tmp_path, KEYS)
+        converged = converge_with_keys(tmp_path, KEYS)
         assert converged.returncode == 0, converged.output[-3000:]
         assert not any(key in converged.output for key in KEYS), "a key was printed"
         keys_file = host.file(KEYS_FILE)
@@ -108,7 +95,7 @@ def test_keys_are_required_when_set_and_never_logged(host, tmp_path: Path) -> No
         assert not any(key in logs for key in KEYS), "a key was logged"
         assert '"status":401' in host.file(f"{NGINX_LOGS}/production.access.log").content_string
     finally:
-        restored = converge_nginx(tmp_path, [])
+        restored = converge_with_keys(tmp_path, [])
         print(f"the nginx role converged twice: {time.monotonic() - started:.0f} s")
     assert restored.returncode == 0, restored.output[-3000:]
     assert not host.file(KEYS_FILE).exists
@@ -120,7 +107,7 @@ def test_a_malformed_key_fails_the_converge_without_showing_it(host, tmp_path: P
     names the key's position, never its value, and nothing is written."""
     malformed = ["short-key", "x" * 31 + ' "quoted"', "k" * 40 + ";"]
     for bad in malformed:
-        result = converge_nginx(tmp_path, [KEYS[0], bad])
+        result = converge_with_keys(tmp_path, [KEYS[0], bad])
         assert result.returncode != 0
         assert "nginx_api_keys: key(s) number 2 of 2" in result.output, result.output[-2000:]
         assert bad not in result.output and KEYS[0] not in result.output

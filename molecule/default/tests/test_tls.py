@@ -19,6 +19,7 @@ from conftest import (
     HTTPS_URL,
     REFERENCE_INPUT,
     PredictLoad,
+    converge_nginx,
     idle_colour,
     predict,
     run_playbook,
@@ -28,19 +29,6 @@ TLS_DIR = "/opt/modelserve/nginx/tls"
 # nginx's HTTP port on the host (the role's default; Molecule forwards MODELSERVE_HTTP_PORT to it).
 NGINX_HTTP_PORT = 80
 INITIAL: str = CONTRACT["bluegreen_initial_colour"]
-# The nginx role alone, as site.yml runs it (what the TLS variables change), or only its
-# TLS tasks (where a refused certificate stops the converge).
-NGINX_PLAY = """\
-- name: nginx only
-  hosts: modelserve
-  become: true
-  gather_subset: [min]
-  tasks:
-    - name: The nginx role
-      ansible.builtin.include_role:
-        name: nginx
-        tasks_from: {tasks}
-"""
 
 
 def handshake(version: ssl.TLSVersion) -> tuple[str, bytes]:
@@ -63,12 +51,6 @@ def handshake(version: ssl.TLSVersion) -> tuple[str, bytes]:
 def host_certificate(host, name: str) -> bytes:
     """A PEM certificate file of the host's TLS directory, as DER."""
     return ssl.PEM_cert_to_DER_cert(host.file(f"{TLS_DIR}/{name}").content_string)
-
-
-def converge_nginx(tmp_path: Path, *extra: str, tasks: str = "main"):
-    playbook = tmp_path / f"nginx-{tasks}.yml"
-    playbook.write_text(NGINX_PLAY.format(tasks=tasks))
-    return run_playbook(str(playbook), *extra)
 
 
 @pytest.mark.parametrize(
