@@ -101,13 +101,14 @@ def sample(rps: float, failed: int = 0, p99_ms: float = 50.0, cpu_us_per_request
 
 
 def full_run(rounds: int = 3) -> report.Results:
-    """Five candidates, the same figures in every round."""
+    """Six candidates, the same figures in every round."""
     figures = {
         1: {100: (8000, 0, 10, 20), 200: (8000, 0, 10, 20)},
         2: {100: (1600, 0, 90, 400), 200: (900, 9000, 900, 500)},
         3: {100: (1000, 0, 60, 600), 200: (1000, 0, 80, 600)},
         4: {100: (2500, 0, 40, 300), 200: (2500, 0, 50, 300)},
         5: {100: (2200, 0, 80, 330), 200: (2100, 0, 90, 340)},
+        6: {100: (1900, 0, 85, 380), 200: (1800, 0, 95, 390)},
     }
     return {
         n: {c: [sample(*f) for _ in range(rounds)] for c, f in runs.items()}
@@ -163,7 +164,7 @@ def test_spread_is_median_min_max_of_the_rounds() -> None:
 
 def test_targets_all_met() -> None:
     checks = report.targets(full_run(), memory_peak_bytes=2 * 1024**3)
-    assert [t.met for t in checks] == [True] * 6
+    assert [t.met for t in checks] == [True] * 7
     assert not any(t.spread_crosses for t in checks)
 
 
@@ -179,7 +180,10 @@ def test_targets_report_what_is_missed_or_not_measured() -> None:
     assert checks["(5)/(3) successful req/s at 200 connections"].met is False
     assert checks["(5) p99 at 100 connections, ms"].met is False
     assert checks["stack memory, idle or under load, GiB"].met is None
-    del results[5]
+    results[6] = {200: [sample(700, failed=1)]}
+    assert checks["(6) failed requests, all rounds and connections"].met is True
+    assert report.targets(results, None)[1].met is False
+    del results[5], results[6]
     assert all(t.met is None for t in report.targets(results, None))
 
 
@@ -197,13 +201,14 @@ def test_tables() -> None:
     results[2][200][0] = sample(700, failed=9000, p99_ms=700, cpu_us_per_request=450)
     titles = {n: f"candidate {n}" for n in results}
     table = report.results_table(titles, results)
-    assert table.count("\n") == 2 + 2 * 5 - 1
+    assert table.count("\n") == 2 + 2 * 6 - 1
     assert (
         "| 2 | candidate 2 | 200 | 3 | 900 (700-900) | 500 (450-500) | "
         "900.0 (700.0-900.0) | 27,000 |" in table
     )
     ratios = report.ratios_table(results)
     assert "| (5)/(4) | 0.88 | 1.10 | 0.84 | 1.13 |" in ratios
+    assert "| (6)/(5) | 0.86 | 1.15 | 0.86 | 1.15 |" in ratios
     targets = report.targets_table(report.targets(results, None))
     assert "not measured" in targets and "**no**" not in targets
     memory = report.memory_table({"idle": {"a": 1024**2}, "under load": {"a": 3 * 1024**2}})
@@ -285,7 +290,7 @@ def test_the_readme_shows_the_published_results_unedited() -> None:
 
 def test_chart_is_a_png(tmp_path: Path) -> None:
     path = tmp_path / "chart.png"
-    report.write_chart(path, {n: f"c{n}" for n in range(1, 6)}, full_run())
+    report.write_chart(path, {n: f"c{n}" for n in range(1, 7)}, full_run())
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -322,7 +327,7 @@ def test_reference_settings_are_the_reference_projects() -> None:
     ref = candidates.REFERENCE_TORCHSERVE
     assert (ref.workers, ref.batch_size, ref.job_queue_size) == (1, 1, None)
     numbers = [c.number for c in candidates.candidates(candidates.tuned_torchserve())]
-    assert numbers == [1, 2, 3, 4, 5]
+    assert numbers == [1, 2, 3, 4, 5, 6]
 
 
 def test_torchserve_candidates_config() -> None:

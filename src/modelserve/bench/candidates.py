@@ -138,4 +138,5 @@ def candidates(tuned: TorchServeSettings) -> tuple[Candidate, ...]:
         Candidate(3, "fastapi", "FastAPI/uvicorn, same model"),
         Candidate(4, "torchserve-tuned", "TorchServe, our settings", tuned),
         Candidate(5, "stack", "our stack, nginx /predict"),
+        Candidate(6, "stack-https", "our stack over HTTPS, nginx /predict"),
     )

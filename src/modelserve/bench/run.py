@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -65,6 +66,17 @@ def remove_container(name: str) -> None:
     docker("rm", "-f", name, check=False)
 
 
+def unverified_tls() -> ssl.SSLContext:
+    """For the test bed's self-signed certificate: what is waited for is an answer."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+UNVERIFIED = unverified_tls()
+
+
 def wait_until_serving(url: str, timeout_s: float = 180) -> None:
     """Until a POST of the reference input answers 200."""
     deadline = time.monotonic() + timeout_s
@@ -73,7 +85,7 @@ def wait_until_serving(url: str, timeout_s: float = 180) -> None:
             url, data=BODY, headers={"Content-Type": "application/json"}, method="POST"
         )
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
+            with urllib.request.urlopen(request, timeout=5, context=UNVERIFIED) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -92,14 +104,15 @@ class Endpoint:
     published_port: int
     inner_port: int
     path: str
+    scheme: str = "http"
 
     @property
     def published_url(self) -> str:
-        return f"http://127.0.0.1:{self.published_port}{self.path}"
+        return f"{self.scheme}://127.0.0.1:{self.published_port}{self.path}"
 
     @property
     def inner_url(self) -> str:
-        return f"http://127.0.0.1:{self.inner_port}{self.path}"
+        return f"{self.scheme}://127.0.0.1:{self.inner_port}{self.path}"
 
 
 # --- the candidates' containers -------------------------------------------------------
@@ -335,11 +348,16 @@ def running(
                    None, cgroups, path)  # fmt: skip
 
 
-def stack_endpoint(args: argparse.Namespace) -> tuple[Endpoint, list[str]]:
+def stack_endpoint(args: argparse.Namespace, https: bool = False) -> tuple[Endpoint, list[str]]:
     """The VM's nginx and the production colour's TorchServe behind it."""
     fact = docker("exec", args.instance, "cat", "/etc/ansible/facts.d/modelserve.fact")
     colour = json.loads(fact.stdout)["active_colour"]
-    return Endpoint("nginx", args.stack_port, 80, "/predict"), ["nginx", f"torchserve-{colour}"]
+    endpoint = (
+        Endpoint("nginx", args.stack_https_port, 443, "/predict", "https")
+        if https
+        else Endpoint("nginx", args.stack_port, 80, "/predict")
+    )
+    return endpoint, ["nginx", f"torchserve-{colour}"]
 
 
 # --- load and memory ------------------------------------------------------------------
@@ -430,7 +448,7 @@ def machine() -> dict[str, object]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", type=int, nargs="+", choices=range(1, 6), metavar="N")
+    parser.add_argument("--only", type=int, nargs="+", choices=range(1, 7), metavar="N")
     parser.add_argument("--connections", type=int, nargs="+", default=list(cfg.CONNECTIONS))
     parser.add_argument("--rounds", type=int, default=cfg.ROUNDS, help="interleaved rounds")
     parser.add_argument("--duration", type=int, default=cfg.DURATION_S, help="s per wrk run")
@@ -456,6 +474,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--stack-port", type=int, default=int(os.environ.get("MODELSERVE_HTTP_PORT", "8080"))
     )
+    parser.add_argument(
+        "--stack-https-port",
+        type=int,
+        default=int(os.environ.get("MODELSERVE_HTTPS_PORT", "8443")),
+    )
     parser.add_argument("--results", type=Path, default=DATA_DIR / "results")
     return parser.parse_args(argv)
 
@@ -467,8 +490,8 @@ def start_candidates(
     nginx = cfg.nginx_settings()
     started = []
     for candidate in chosen:
-        if candidate.number == report.STACK:
-            endpoint, path_containers = stack_endpoint(args)
+        if candidate.number in report.STACKS:
+            endpoint, path_containers = stack_endpoint(args, candidate.number == report.STACK_HTTPS)
             started.append(
                 running(candidate, endpoint, args.path, path_containers, vm=args.instance)
             )  # fmt: skip
@@ -486,7 +509,7 @@ def start_candidates(
             endpoint = start_nginx_floor(name, port, work, nginx)
         started.append(running(candidate, endpoint, args.path, [name]))
     for candidate in started:
-        if candidate.number != report.STACK:
+        if candidate.number not in report.STACKS:
             wait_until_serving(candidate_published_url(candidate, args))
     return started
 
@@ -494,6 +517,8 @@ def start_candidates(
 def candidate_published_url(candidate: Running, args: argparse.Namespace) -> str:
     if candidate.number == report.STACK:
         return f"http://127.0.0.1:{args.stack_port}/predict"
+    if candidate.number == report.STACK_HTTPS:
+        return f"https://127.0.0.1:{args.stack_https_port}/predict"
     path = urllib.parse.urlsplit(candidate.url).path
     return f"http://127.0.0.1:{HOST_PORT[candidate.number]}{path}"
 
@@ -504,14 +529,22 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [c for c in cfg.candidates(tuned) if not args.only or c.number in args.only]
     if shutil.which("wrk") is None:
         sys.exit("bench: wrk is missing (apt-get install wrk)")
-    if any(c.number == report.STACK for c in chosen):
-        stack_url = f"http://127.0.0.1:{args.stack_port}/predict"
+    for number, stack_url, variable in (
+        (report.STACK, f"http://127.0.0.1:{args.stack_port}/predict", "MODELSERVE_HTTP_PORT"),
+        (
+            report.STACK_HTTPS,
+            f"https://127.0.0.1:{args.stack_https_port}/predict",
+            "MODELSERVE_HTTPS_PORT",
+        ),
+    ):
+        if not any(c.number == number for c in chosen):
+            continue
         try:
             wait_until_serving(stack_url, timeout_s=5)
         except TimeoutError:
             sys.exit(
                 f"bench: the stack does not answer on {stack_url}: converge the VM first "
-                "(make demo) or set MODELSERVE_INSTANCE and MODELSERVE_HTTP_PORT"
+                f"(make demo) or set MODELSERVE_INSTANCE and {variable}"
             )
     if any(c.key == "fastapi" for c in chosen):
         build_images.CACHE.mkdir(exist_ok=True)
@@ -527,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     started: list[Running] = []
     try:
         started = start_candidates(chosen, args, tuned)
-        if any(c.number == report.STACK for c in started):
+        if any(c.number in report.STACKS for c in started):
             memory["idle"] = memory_sample(args.instance)
         for candidate in started:
             log(f"warm-up ({candidate.number}) {candidate.title}")
@@ -548,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
                         sampler.join()
     finally:
         for candidate in chosen:
-            if candidate.number != report.STACK:
+            if candidate.number not in report.STACKS:
                 name = CONTAINER_PREFIX + candidate.key
                 logs = docker("logs", "--tail", "300", name, check=False)
                 (args.out / "logs").mkdir(exist_ok=True)
@@ -615,6 +648,8 @@ def memory_sampler(
     def sample() -> None:
         if candidate.number == report.STACK:
             memory["under load"] = memory_sample(args.instance)
+        elif candidate.number == report.STACK_HTTPS:
+            pass  # the same containers as (5)
         else:
             candidate_memory[candidate.key] = container_rss(CONTAINER_PREFIX + candidate.key)
 
