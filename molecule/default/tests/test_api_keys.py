@@ -103,9 +103,10 @@ def test_keys_are_required_when_set_and_never_logged(host, tmp_path: Path) -> No
 
 
 def test_a_malformed_key_fails_the_converge_without_showing_it(host, tmp_path: Path) -> None:
-    """Short, or with a character a header or nginx's map would mangle: the converge
+    """Short, or with a character a header or nginx's map would mangle (a vaulted string's
+    trailing newline included): the converge
     names the key's position, never its value, and nothing is written."""
-    malformed = ["short-key", "x" * 31 + ' "quoted"', "k" * 40 + ";"]
+    malformed = ["short-key", "x" * 31 + ' "quoted"', "k" * 40 + ";", "n" * 40 + "\n"]
     for bad in malformed:
         result = converge_with_keys(tmp_path, [KEYS[0], bad])
         assert result.returncode != 0
