@@ -88,7 +88,7 @@ def test_a_damaged_fact_stops_swap_and_converge(
         "swap.yml": run_playbook("swap.yml"),
         # The nginx role as site.yml runs it (the roles before it take minutes here).
         "nginx role": run_ansible(
-            "ansible", "modelserve", "-m", "ansible.builtin.include_role", "-a", "name=nginx"
+            "ansible", "modelserve", "-b", "-m", "ansible.builtin.include_role", "-a", "name=nginx"
         ),
     }
     for name, run in runs.items():

@@ -137,7 +137,7 @@ def test_converge_removes_drift_images_of_earlier_code(host) -> None:
     stale = f"{current.rsplit(':', 1)[0]}:000000000000"
     host.check_output(f"docker tag {current} {stale}")
     result = run_ansible(
-        "ansible", "modelserve", "-m", "ansible.builtin.include_role",
+        "ansible", "modelserve", "-b", "-m", "ansible.builtin.include_role",
         "-a", "name=kafka_drift tasks_from=prune", timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.output
