@@ -17,7 +17,9 @@ What production is asked is exported for drift detection (``InputStatistics``): 
 feature, counters of values, positive and negative sums, sum of squares and per-bucket
 counts, which Prometheus adds up across workers and colours. Only rows that came through
 nginx's production route count (its ``X-Modelserve-Route`` header): smoke and load tests
-of the idle colour, on /test/predict or a colour's own port, do not.
+of the idle colour, on /test/predict or a colour's own port, do not. What the model
+answers is counted per route too (``OutputStatistics``): a rollout compares a candidate's
+answers with production's on the same traffic (shadow) or the same mix (canary).
 
 TorchServe takes a handler module with exactly one class, or a module-level ``handle``
 function. This module has several classes, so it exposes ``handle``; TorchServe calls
@@ -68,9 +70,18 @@ DEFAULT_BUCKET_EDGES = DEFAULT_EDGES
 DEFAULT_FLUSH_INTERVAL_S = 1.0
 METRIC_PREFIX = "modelserve_input_"
 # nginx sets this header on every request it proxies, replacing any a client sent: the
-# route's name ("production" for /predict, "test" for /test/predict).
+# route's name ("production" for /predict, "test" for /test/predict, "shadow" for a copy
+# of a production request sent to a rollout's target). Anything else is counted as
+# "direct" (a colour's own port), so a client cannot make up label values.
 ROUTE_HEADER = "x-modelserve-route"
 PRODUCTION_ROUTE = "production"
+ROUTES = (PRODUCTION_ROUTE, "test", "shadow")
+DIRECT_ROUTE = "direct"
+# The model's answers, counted per route over fixed buckets (the model config's
+# ``output_bucket_edges``: where its outputs fall). These defaults only tell gross
+# changes apart; a model sets its own.
+OUTPUT_METRIC_PREFIX = "modelserve_output_"
+DEFAULT_OUTPUT_BUCKET_EDGES = (-100.0, -10.0, -1.0, -0.1, 0.0, 0.1, 1.0, 10.0, 100.0)
 # The body of a request that failed for a reason other than its input (logged in full).
 INTERNAL_ERROR = "internal error while answering this request"
 
@@ -105,14 +116,14 @@ def request_body(request: object) -> object:
     )
 
 
-def from_production(context: Context, idx: int) -> bool:
-    """Whether request ``idx`` came through nginx's production route (/predict)."""
+def route_of(context: Context, idx: int) -> str:
+    """The nginx route request ``idx`` came through (``ROUTES``), else ``DIRECT_ROUTE``."""
     headers = context.get_all_request_header(idx)
     # TorchServe hands header names over as the proxy wrote them; HTTP ignores their case.
-    return any(
-        isinstance(name, str) and name.lower() == ROUTE_HEADER and value == PRODUCTION_ROUTE
-        for name, value in headers.items()
-    )
+    for name, value in headers.items():
+        if isinstance(name, str) and name.lower() == ROUTE_HEADER and value in ROUTES:
+            return str(value)
+    return DIRECT_ROUTE
 
 
 def model_class(module: object, name: str | None) -> type[torch.nn.Module]:
@@ -238,16 +249,68 @@ class InputStatistics:
         return count
 
 
-def start_flusher(stats: InputStatistics, metrics: MetricCacheAbstract, interval: float) -> None:
-    """Flush ``stats`` every ``interval`` seconds from a daemon thread, for the worker's life."""
+class OutputStatistics:
+    """Counts of the model's answers per route, over fixed buckets, sent as counters.
+
+    Like ``InputStatistics``: added up in memory, sent by the flusher thread, and
+    ``increase()`` over a window gives that window's histogram per route and colour.
+    """
+
+    def __init__(self, edges: Sequence[float] = DEFAULT_OUTPUT_BUCKET_EDGES) -> None:
+        self.edges = BucketCounts(tuple(edges)).edges  # validated: finite, increasing
+        self.labels = tuple(le_label(edge) for edge in (*self.edges, math.inf))
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.buckets = {route: BucketCounts(self.edges) for route in (*ROUTES, DIRECT_ROUTE)}
+
+    def observe(self, route: str, outputs: Sequence[float]) -> None:
+        """Add the answers given on ``route`` (one of ``ROUTES`` or ``DIRECT_ROUTE``)."""
+        with self._lock:
+            counts = self.buckets[route]
+            for output in outputs:
+                counts.add(output)
+
+    def flush(self, metrics: MetricCacheAbstract, every_series: bool = False) -> int:
+        """Send what was added since the last flush; returns the number of answers sent."""
+        with self._lock:
+            buckets = self.buckets
+            self._reset()
+        total = sum(sum(counts.counts) for counts in buckets.values())
+        if not total and not every_series:
+            return 0
+        values = metrics.add_metric_to_cache(
+            OUTPUT_METRIC_PREFIX + "values_total", "count", ["route"]
+        )
+        bucket = metrics.add_metric_to_cache(
+            OUTPUT_METRIC_PREFIX + "bucket_total", "count", ["route", "le"]
+        )
+        for route, counts in buckets.items():
+            if sum(counts.counts) or every_series:
+                values.add_or_update(sum(counts.counts), [route])
+            for label, hits in zip(self.labels, counts.counts, strict=True):
+                if hits or every_series:
+                    bucket.add_or_update(hits, [route, label])
+        return total
+
+
+def start_flusher(
+    stats: Sequence[InputStatistics | OutputStatistics],
+    metrics: MetricCacheAbstract,
+    interval: float,
+) -> None:
+    """Flush each of ``stats`` every ``interval`` seconds from a daemon thread, for the
+    worker's life."""
 
     def loop() -> None:
         while True:
             time.sleep(interval)
-            try:
-                stats.flush(metrics)
-            except Exception:  # a metrics hiccup must never stop the flushing
-                logger.exception("could not send the input statistics")
+            for each in stats:
+                try:
+                    each.flush(metrics)
+                except Exception:  # a metrics hiccup must never stop the flushing
+                    logger.exception("could not send the %s", type(each).__name__)
 
     threading.Thread(target=loop, name="input-statistics", daemon=True).start()
 
@@ -273,6 +336,17 @@ def input_statistics_settings(config: object) -> tuple[InputStatistics, float]:
     return stats, interval
 
 
+def output_statistics_settings(config: object) -> OutputStatistics:
+    """Output statistics with the model config's ``output_bucket_edges``; a bad setting is
+    logged and the defaults are used."""
+    edges = handler_section(config).get("output_bucket_edges", DEFAULT_OUTPUT_BUCKET_EDGES)
+    try:
+        return OutputStatistics(edges)
+    except (TypeError, ValueError) as err:
+        logger.error("bad output_bucket_edges (%s); using the defaults", err)
+        return OutputStatistics()
+
+
 def handler_section(config: object) -> dict[str, Any]:
     """The ``handler:`` section of the model config, or {} when there is none."""
     section = config.get("handler", {}) if isinstance(config, dict) else {}
@@ -292,6 +366,7 @@ class ModelHandler:
     def __init__(self) -> None:
         self.model: torch.nn.Module | None = None
         self.input_statistics = InputStatistics()
+        self.output_statistics = OutputStatistics()
 
     @property
     def initialized(self) -> bool:
@@ -308,11 +383,14 @@ class ModelHandler:
         self.model = load_model(Path(model_dir), class_name, weights_file(context.manifest))
         logger.info("loaded %s from %s", type(self.model).__name__, model_dir)
         self.input_statistics, interval = input_statistics_settings(context.model_yaml_config)
+        self.output_statistics = output_statistics_settings(context.model_yaml_config)
+        statistics = (self.input_statistics, self.output_statistics)
         if context.metrics is None:  # only outside TorchServe (a bare Context)
-            logger.warning("no metrics cache in the context: input statistics are not sent")
+            logger.warning("no metrics cache in the context: statistics are not sent")
         else:
-            self.input_statistics.flush(context.metrics, every_series=True)
-            start_flusher(self.input_statistics, context.metrics, interval)
+            for each in statistics:
+                each.flush(context.metrics, every_series=True)
+            start_flusher(statistics, context.metrics, interval)
 
     def predict(self, rows: list[Row]) -> list[float]:
         """One forward pass over all ``rows``; one output per row."""
@@ -348,22 +426,21 @@ class ModelHandler:
         answers: list[Answer] = [{} for _ in data]
         rows: list[Row] = []
         indexes: list[int] = []
-        production: set[int] = set()
+        routes: dict[int, str] = {}
         for idx, request in enumerate(data):
             try:
                 context.set_response_content_type(idx, "application/json")
                 row = parse_row(request_body(request), len(self.input_statistics.features))
-                counted = from_production(context, idx)
+                routes[idx] = route_of(context, idx)
                 rows.append(row)
                 indexes.append(idx)
-                if counted:
-                    production.add(idx)
             except Exception as err:
                 answers[idx] = self._error(context, idx, err)
         logger.debug("batch of %d requests, %d valid", len(data), len(rows))
         if not rows:
             return answers
         answered: list[Row] = []
+        outputs: dict[str, list[float]] = {}
         for idx, row, output in zip(indexes, rows, self.predict_each(rows), strict=True):
             if not isinstance(output, Exception) and not math.isfinite(output):
                 # Inputs within float32 range can still overflow in the weighted sum.
@@ -372,13 +449,16 @@ class ModelHandler:
                 answers[idx] = self._error(context, idx, output)
             else:
                 answers[idx] = {"output": output}
-                if idx in production:
+                outputs.setdefault(routes[idx], []).append(output)
+                if routes[idx] == PRODUCTION_ROUTE:
                     answered.append(row)
         try:
             # What the model answered in production is what it was asked, for drift detection.
             self.input_statistics.observe(answered)
+            for route, values in outputs.items():
+                self.output_statistics.observe(route, values)
         except Exception:  # the answers are ready: statistics must not fail them
-            logger.exception("could not count the inputs of a batch")
+            logger.exception("could not count the inputs and outputs of a batch")
         return answers
 
     @staticmethod

@@ -374,6 +374,28 @@ def test_only_production_requests_count_for_drift(
     assert service.input_statistics.count == counted
 
 
+@pytest.mark.parametrize(
+    ("headers", "route"),
+    [
+        (PRODUCTION, "production"),
+        ({"X-Modelserve-Route": "test"}, "test"),
+        ({"x-modelserve-route": "shadow"}, "shadow"),  # a rollout's mirrored copy
+        ({}, "direct"),
+        ({"X-Modelserve-Route": "made-up"}, "direct"),  # no label value a client invents
+    ],
+)
+def test_answers_are_counted_per_route(
+    loaded: ModelHandler, headers: dict[str, str], route: str
+) -> None:
+    service = ModelHandler()
+    service.model = loaded.model
+    bodies = [{"body": REFERENCE_BODY}, {"body": b'{"data": [1, 2]}'}, {"body": b"[1]"}]
+    run(service, bodies, headers)
+    # The two answered requests, not the refused one, under their route only.
+    counted = {name: sum(c.counts) for name, c in service.output_statistics.buckets.items()}
+    assert counted == {name: (2 if name == route else 0) for name in counted}
+
+
 # --- the module-level entry point TorchServe calls --------------------------------------
 
 

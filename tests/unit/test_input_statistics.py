@@ -15,15 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO
+from hypothesis import given
+from hypothesis import strategies as st
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from modelserve.buckets import DEFAULT_EDGES, le_label
 from modelserve.handler import (
     DEFAULT_BUCKET_EDGES,
     DEFAULT_FLUSH_INTERVAL_S,
+    DEFAULT_OUTPUT_BUCKET_EDGES,
+    ROUTES,
     InputStatistics,
     InvalidRequest,
+    OutputStatistics,
     input_statistics_settings,
+    output_statistics_settings,
     parse_row,
 )
 
@@ -35,7 +41,9 @@ Sent = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def flush_and_read(
-    stats: InputStatistics, caplog: pytest.LogCaptureFixture, every_series: bool = False
+    stats: InputStatistics | OutputStatistics,
+    caplog: pytest.LogCaptureFixture,
+    every_series: bool = False,
 ) -> Sent:
     """Flush into TorchServe's real metrics cache; sum the counter lines it logs per series."""
     caplog.clear()
@@ -173,3 +181,85 @@ def test_the_bucket_edges_are_written_in_one_file_only() -> None:
         if path != edges_file and written.search(path.read_text(encoding="utf-8", errors="replace"))
     ]
     assert copies == []
+
+
+# --- the answers, per route --------------------------------------------------------------
+
+
+@given(
+    outputs=st.lists(
+        st.tuples(st.sampled_from([*ROUTES, "direct"]), st.floats(-1e6, 1e6)), max_size=60
+    )
+)
+def test_output_buckets_match_numpy_per_route(outputs: list[tuple[str, float]]) -> None:
+    edges = [-1.0, 0.0, 0.5, 1.0, 10.0]
+    stats = OutputStatistics(edges)
+    for route, value in outputs:
+        stats.observe(route, [value])
+    sent = flush_into(stats, MetricsCacheYamlImpl(str(TS_METRICS_YAML)))
+    for route in [*ROUTES, "direct"]:
+        values = np.array([v for r, v in outputs if r == route], dtype=float)
+        # le semantics: a value equal to an edge belongs to that edge's bucket.
+        counts = np.histogram(values, [-np.inf, *np.nextafter(edges, np.inf), np.inf])[0]
+        labels = [le_label(edge) for edge in [*edges, math.inf]]
+        for label, count in zip(labels, counts, strict=True):
+            assert (
+                sent.get(("modelserve_output_bucket_total", (("route", route), ("le", label))), 0)
+                == count
+            )
+        assert sent.get(("modelserve_output_values_total", (("route", route),)), 0) == len(values)
+
+
+def flush_into(stats: OutputStatistics, cache: MetricsCacheYamlImpl) -> Sent:
+    """flush_and_read without pytest's caplog (Hypothesis runs the test many times)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        stats.flush(cache)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    sent: Sent = defaultdict(float)
+    for record in records:
+        match = METRIC_LINE.search(record.getMessage())
+        if match:
+            name, value, dims, _ = match.groups()
+            sent[name, tuple(tuple(d.split(":", 1)) for d in dims.split(","))] += float(value)
+    return dict(sent)
+
+
+def test_the_first_output_flush_creates_every_series_at_zero(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sent = flush_and_read(OutputStatistics(), caplog, every_series=True)
+    routes = [*ROUTES, "direct"]
+    assert len(sent) == len(routes) * (1 + len(DEFAULT_OUTPUT_BUCKET_EDGES) + 1)
+    assert set(sent.values()) == {0.0}
+
+
+@pytest.mark.parametrize(
+    ("config", "edges"),
+    [
+        ({"handler": {"output_bucket_edges": [0, 1, 2]}}, (0.0, 1.0, 2.0)),
+        ({"handler": {"output_bucket_edges": [2, 1]}}, DEFAULT_OUTPUT_BUCKET_EDGES),
+        ({"handler": {"output_bucket_edges": "nope"}}, DEFAULT_OUTPUT_BUCKET_EDGES),
+        ({}, DEFAULT_OUTPUT_BUCKET_EDGES),
+    ],
+)
+def test_output_edges_come_from_the_model_config(config: object, edges: tuple[float, ...]) -> None:
+    assert output_statistics_settings(config).edges == edges
+
+
+def test_the_delivered_model_sets_output_edges_around_its_answers() -> None:
+    import yaml
+
+    config = yaml.safe_load((REPO / "files/model/model_config.yaml").read_text())
+    edges = output_statistics_settings(config).edges
+    assert edges != DEFAULT_OUTPUT_BUCKET_EDGES
+    # The reference input's answer falls inside the edges, not in an end bucket.
+    assert edges[0] < 0.65 < edges[-1]

@@ -50,12 +50,20 @@ def read_key(path: Path, wait_seconds: float) -> str | None:
 
 
 def render(keys: dict[str, str]) -> str:
+    entries = [
+        *(f'    {colour} "{key}";' for colour, key in sorted(keys.items())),
+        '    default "";',
+    ]
     lines = [
         "# Written by nginx_torchserve_keys.py from each TorchServe colour's key_file.json:",
         "# the inference key nginx sends to the colour a request goes to. A secret (0600).",
         "map $torchserve_colour $torchserve_inference_key {",
-        *(f'    {colour} "{key}";' for colour, key in sorted(keys.items())),
-        '    default "";',
+        *entries,
+        "}",
+        "# The idle colour's, for a rollout's shadow copies of production requests: a mirror",
+        "# subrequest shares its request's variables, so it cannot use the map above.",
+        "map $test_colour $test_inference_key {",
+        *entries,
         "}",
         "",
     ]
