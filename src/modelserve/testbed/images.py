@@ -78,6 +78,7 @@ IMAGES = (
     ImageSpec("alertmanager", "modelserve-local/alertmanager:v0.27.0", offline=True),
     ImageSpec("node-exporter", "modelserve-local/node-exporter:v1.8.2", offline=True),
     ImageSpec("nginx-exporter", "modelserve-local/nginx-exporter:1.3.0", offline=True),
+    ImageSpec("mtail", "modelserve-local/mtail:3.0.0-rc50", offline=True),
     ImageSpec(
         "kafka",
         "modelserve-local/kafka:3.9.0",
