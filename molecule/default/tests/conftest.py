@@ -225,16 +225,22 @@ class PredictLoad:
     duration of a ``with`` block; ``limit_s`` only bounds a block that hangs."""
 
     def __init__(
-        self, tmp_path: Path, connections: int, limit_s: int, base_url: str = BASE_URL
+        self,
+        tmp_path: Path,
+        connections: int,
+        limit_s: int,
+        base_url: str = BASE_URL,
+        script: str = WRK_POST,
     ) -> None:
         self.script = tmp_path / "post.lua"
+        self.script_text = script
         self.argv = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{limit_s}s",
                      "--timeout", "5s", "-s", str(self.script), f"{base_url}/predict"]  # fmt: skip
         self.limit_s = limit_s
         self.output = ""
 
     def __enter__(self) -> PredictLoad:
-        self.script.write_text(WRK_POST)
+        self.script.write_text(self.script_text)
         self.process = subprocess.Popen(
             self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
