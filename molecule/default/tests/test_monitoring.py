@@ -16,7 +16,7 @@ PROMETHEUS = "http://127.0.0.1:9090"
 ALERTMANAGER = "http://127.0.0.1:9093"
 MONITORING_DIR = "/opt/modelserve/monitoring"
 DATASOURCE_UID = "modelserve-prometheus"
-DASHBOARDS = ("serving.json", "host.json", "drift.json")
+DASHBOARDS = ("serving.json", "host.json", "drift.json", "rollout.json")
 PROMETHEUS_IMAGE = "modelserve-local/prometheus:v2.53.3"
 
 
@@ -51,7 +51,7 @@ def test_every_scrape_target_is_up(host) -> None:
         time.sleep(3)
     assert not down, f"targets not up: {down}"
     jobs = {t["labels"]["job"] for t in targets}
-    assert jobs >= {"prometheus", "alertmanager", "torchserve", "node", "nginx"}
+    assert jobs >= {"prometheus", "alertmanager", "torchserve", "node", "nginx", "route_metrics"}
     colours = {t["labels"].get("colour") for t in targets if t["labels"]["job"] == "torchserve"}
     assert colours == set(COLOURS)
 
