@@ -133,12 +133,17 @@ def rollout_status() -> str:
 
 
 def assert_rolled_back(host, run: PlaybookRun, production: str, gate: str) -> None:
+    """The run failed on ``gate``, measured (not for want of traffic), and nginx's live
+    configuration routes everything to production again, with no copy to the target."""
     assert run.returncode != 0, run.output
     assert f"Rolled back: all traffic is on {production} again" in run.output, run.output[-3000:]
-    assert f"the {gate} gate" in run.output, run.output[-3000:]
+    reason = run.output[run.output.rindex("Rolled back:") :].split('"')[0]
+    assert f"the {gate} gate:" in reason, reason
+    assert "the requests gate" not in reason and "not measured" not in reason, reason
     assert active_colour(host) == production
-    answers = {predict("/predict").headers["X-Model-Colour"] for _ in range(20)}
-    assert answers == {production}
+    live = host.check_output("docker exec nginx nginx -T 2>/dev/null")
+    assert not re.search(r"^\s*(split_clients|mirror) ", live, re.MULTILINE), live
+    assert {predict("/predict").headers["X-Model-Colour"] for _ in range(20)} == {production}
     assert rollout_status() == '"rollout: none"'
 
 
