@@ -155,7 +155,7 @@ def test_a_good_candidate_goes_through_every_step_with_no_request_lost(
     target = idle_colour(production)
     assert deploy(candidate(tmp_path), "1.1", reference_output).returncode == 0
     with (
-        PredictLoad(tmp_path, connections=8, limit_s=600) as load,
+        PredictLoad(tmp_path, connections=4, limit_s=600) as load,
         Probe() as probe,
         Probe("/test/predict") as test_probe,
     ):
@@ -186,7 +186,7 @@ def test_a_candidate_with_other_answers_is_stopped_in_shadow_unseen(
     production = active_colour(host)
     model_dir, new_output = new_model
     assert deploy(model_dir, "2.0", new_output).returncode == 0
-    with PredictLoad(tmp_path, connections=8, limit_s=300) as load, Probe() as probe:
+    with PredictLoad(tmp_path, connections=4, limit_s=300) as load, Probe() as probe:
         run, took = rollout()
     print(f"candidate with other answers: stopped after {took:.0f} s")
     assert_rolled_back(host, run, production, "outputs")
@@ -204,7 +204,7 @@ def test_a_failing_candidate_is_rolled_back_at_the_first_canary_step(
     production = active_colour(host)
     model_dir = candidate(tmp_path, FAILING_MODEL)
     assert deploy(model_dir, "3.0", reference_output).returncode == 0  # its smoke input passes
-    with PredictLoad(tmp_path, connections=8, limit_s=300, script=WRK_TWO_INPUTS) as load:
+    with PredictLoad(tmp_path, connections=4, limit_s=300, script=WRK_TWO_INPUTS) as load:
         run, took = rollout("-e", "bluegreen_rollout_shadow=false")
     print(f"failing candidate: rolled back after {took:.0f} s")
     assert_rolled_back(host, run, production, "errors")
@@ -221,7 +221,7 @@ def test_a_slow_candidate_is_rolled_back_on_the_latency_gate(
 ) -> None:
     production = active_colour(host)
     assert deploy(candidate(tmp_path, SLOW_MODEL), "4.0", reference_output).returncode == 0
-    with PredictLoad(tmp_path, connections=8, limit_s=300) as load:
+    with PredictLoad(tmp_path, connections=4, limit_s=300) as load:
         run, took = rollout("-e", "bluegreen_rollout_shadow=false")
     print(f"slow candidate: rolled back after {took:.0f} s")
     assert_rolled_back(host, run, production, "latency")

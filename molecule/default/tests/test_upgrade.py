@@ -131,6 +131,9 @@ def test_a_host_of_the_previous_layout_upgrades_under_load(
     # nginx's container as the baseline makes it: Docker's module keeps a port and a mount
     # the baseline does not name (HTTPS's), so this VM's would otherwise keep them.
     host.run(f"docker rm -f {NGINX_CONTAINER}")
+    # And its configuration as that layout writes it: the baseline's validator mounts
+    # conf.d only, so this checkout's HTTPS server block would fail its checks.
+    host.run("rm -rf /opt/modelserve/nginx/conf.d/*")
     run_baseline_playbook(baseline, "site.yml")
     assert "443/tcp" not in host.check_output(
         "docker inspect -f '{{json .HostConfig.PortBindings}}' %s", NGINX_CONTAINER
