@@ -132,7 +132,9 @@ def test_a_host_of_the_previous_layout_upgrades_under_load(
     # the baseline does not name (HTTPS's), so this VM's would otherwise keep them.
     host.run(f"docker rm -f {NGINX_CONTAINER}")
     # And its configuration as that layout writes it: the baseline's validator mounts
-    # conf.d only, so this checkout's HTTPS server block would fail its checks.
+    # conf.d only, so this checkout's HTTPS server block would fail its checks. The key
+    # unit is stopped first: it would write its file back (the baseline restarts it).
+    host.run("systemctl stop modelserve-nginx-keys.path modelserve-nginx-keys.service")
     host.run("rm -rf /opt/modelserve/nginx/conf.d/*")
     run_baseline_playbook(baseline, "site.yml")
     assert "443/tcp" not in host.check_output(
