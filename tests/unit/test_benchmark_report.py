@@ -327,7 +327,7 @@ def test_reference_settings_are_the_reference_projects() -> None:
     ref = candidates.REFERENCE_TORCHSERVE
     assert (ref.workers, ref.batch_size, ref.job_queue_size) == (1, 1, None)
     numbers = [c.number for c in candidates.candidates(candidates.tuned_torchserve())]
-    assert numbers == [1, 2, 3, 4, 5, 6]
+    assert numbers == [1, 2, 3, 4, 5, 6, 7]
 
 
 def test_torchserve_candidates_config() -> None:
@@ -341,3 +341,32 @@ def test_torchserve_candidates_config() -> None:
     log4j2 = run.log_config(tuned.override({"log_level": "error", "access_log": "false"}))
     assert '<Root level="error">' in log4j2
     assert '<Logger name="ACCESS_LOG" level="off"/>' in log4j2
+
+
+class RecordingRouting:
+    """Stands in for CanaryRouting's two switches (the real ones need the VM)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def canary(self) -> None:
+        self.calls.append("canary")
+
+    def production_only(self) -> None:
+        self.calls.append("production only")
+
+
+def _running(number: int) -> run.Running:
+    return run.Running(number, "key", "title", "http://127.0.0.1/", None, {}, "path")
+
+
+def test_the_canary_weight_is_live_only_while_the_canary_candidate_runs() -> None:
+    routing = RecordingRouting()
+    for number in (4, 5, 6):
+        with run.canary_step(routing, _running(number)):  # type: ignore[arg-type]
+            pass
+    assert routing.calls == []
+    with pytest.raises(RuntimeError), run.canary_step(routing, _running(7)):  # type: ignore[arg-type]
+        assert routing.calls == ["canary"]
+        raise RuntimeError("wrk failed")
+    assert routing.calls == ["canary", "production only"]

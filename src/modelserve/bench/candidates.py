@@ -17,6 +17,7 @@ from modelserve.bench import REPO
 
 TORCHSERVE_DEFAULTS = REPO / "roles" / "torchserve" / "defaults" / "main.yml"
 NGINX_DEFAULTS = REPO / "roles" / "nginx" / "defaults" / "main.yml"
+BLUEGREEN_DEFAULTS = REPO / "roles" / "bluegreen" / "defaults" / "main.yml"
 TORCHSERVE_VARS = REPO / "roles" / "torchserve" / "vars" / "main.yml"
 
 # The load: the same tool, script and duration for every candidate. Every candidate runs
@@ -27,6 +28,8 @@ DURATION_S = 8
 WARMUP_S = 5
 WRK_THREADS = 2
 WRK_TIMEOUT_S = 5
+# The canary candidate's step: a rollout's default middle step (bluegreen_rollout_steps).
+CANARY_WEIGHT = 25
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,17 @@ def nginx_settings(defaults: dict[str, Any] | None = None) -> NginxSettings:
     )
 
 
+def nginx_config_dir() -> str:
+    """Where the nginx role keeps nginx's configuration on the host."""
+    return str(_read_yaml(NGINX_DEFAULTS)["nginx_config_dir"])
+
+
+def colour_containers() -> list[str]:
+    """Every colour's TorchServe container, from the blue/green contract."""
+    colours = _read_yaml(BLUEGREEN_DEFAULTS)["bluegreen_colours"]
+    return [str(colour["container"]) for colour in colours.values()]
+
+
 @dataclass(frozen=True)
 class Candidate:
     number: int
@@ -139,4 +153,9 @@ def candidates(tuned: TorchServeSettings) -> tuple[Candidate, ...]:
         Candidate(4, "torchserve-tuned", "TorchServe, our settings", tuned),
         Candidate(5, "stack", "our stack, nginx /predict"),
         Candidate(6, "stack-https", "our stack over HTTPS, nginx /predict"),
+        Candidate(
+            7,
+            "stack-canary",
+            f"our stack in a canary step, {CANARY_WEIGHT} % of /predict on the idle colour",
+        ),
     )

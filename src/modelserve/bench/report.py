@@ -31,9 +31,10 @@ RESULT_MARKER = "BENCH_RESULT "
 # Our stack; every ratio of the report is (5) against another candidate.
 STACK = 5
 STACK_HTTPS = 6
+STACK_CANARY = 7
 # Candidates served by the VM's stack (no container of the benchmark's own).
-STACKS = (STACK, STACK_HTTPS)
-RATIO_PAIRS = ((5, 2), (5, 3), (5, 4), (5, 1), (6, 5))
+STACKS = (STACK, STACK_HTTPS, STACK_CANARY)
+RATIO_PAIRS = ((5, 2), (5, 3), (5, 4), (5, 1), (6, 5), (7, 5))
 MEMORY_TARGET_BYTES = int(2.5 * 1024**3)
 _UNITS = {
     "b": 1,
@@ -261,7 +262,7 @@ def targets(results: Results, memory_peak_bytes: int | None) -> list[Target]:
     """The issues' targets, on the medians over the rounds of one run."""
     memory = None if memory_peak_bytes is None else memory_peak_bytes / 1024**3
     return [
-        *(_no_failures(results, number) for number in STACKS),
+        *(_no_failures(results, number) for number in STACKS if number in results),
         _check(
             "(5)/(4) CPU-µs per request at 200 connections",
             ratio_spread(results, 5, 4, 200, "cpu_us_per_request"),
@@ -353,8 +354,8 @@ def cpu_split_table(titles: dict[int, str], results: Results) -> str | None:
 
 
 def ratios_table(results: Results) -> str:
-    """(5) against each other candidate, and HTTPS (6) against HTTP (5), per round: median
-    (min-max)."""
+    """(5) against each other candidate, and HTTPS (6) and the canary step (7) against
+    plain (5), per round: median (min-max)."""
     connections = sorted({c for runs in results.values() for c in runs})
     header = " | ".join(f"req/s, {c} conns | CPU-µs/req, {c} conns" for c in connections)
     lines = [
@@ -441,7 +442,8 @@ def render(data: dict[str, Any]) -> str:
         report_settings(data),
         results_table(titles, results),
         *([split] if (split := cpu_split_table(titles, results)) else []),
-        "Ratios of (5) to each candidate, and of HTTPS (6) to HTTP (5), computed round by round:",
+        "Ratios of (5) to each candidate, and of HTTPS (6) and the canary step (7) to (5), "
+        "computed round by round:",
         ratios_table(results),
         targets_table(targets(results, memory_peak(data))),
         memory_table(memory) if memory else "Stack memory: not measured.",

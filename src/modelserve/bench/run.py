@@ -14,6 +14,7 @@ Usage: ``make bench`` or ``python -m modelserve.bench.run [--only 1 5] [--set ba
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -26,6 +27,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +53,9 @@ FASTAPI_SPEC = build_images.ImageSpec(
 CONTAINER_PREFIX = "modelserve-benchmark-"
 HOST_PORT = {1: 18181, 2: 18182, 3: 18183, 4: 18184}
 MODEL_NAME = "model"
+# Beside this interpreter: the venv's, also when it is run without the venv on PATH.
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
+NGINX_RELOADER = "/usr/local/libexec/modelserve/nginx_reload.py"  # the nginx role's
 BODY = json.dumps({"data": [0.2, 0.6]}).encode()
 
 
@@ -302,11 +307,12 @@ def cpu_usage_us(cgroup: Path) -> int:
 
 
 def a_process_of(cgroup: Path) -> int:
-    """The host PID of one process of ``cgroup``, to enter its network namespace."""
-    pids = (cgroup / "cgroup.procs").read_text().split()
+    """The host PID of the oldest process of ``cgroup``, to enter its network namespace:
+    nginx's master, not a worker that a reload ends (looked up again before each run)."""
+    pids = [int(pid) for pid in (cgroup / "cgroup.procs").read_text().split()]
     if not pids:
         raise RuntimeError(f"no process in {cgroup}")
-    return int(pids[0])
+    return min(pids, key=lambda pid: int(Path(f"/proc/{pid}/stat").read_text().split()[21]))
 
 
 @dataclass
@@ -317,7 +323,7 @@ class Running:
     key: str
     title: str
     url: str  # as the load generator sees it
-    netns_pid: int | None  # wrk enters this process's network namespace; None: this host's
+    netns_cgroup: Path | None  # wrk enters the network namespace of this cgroup; None: this host's
     # container -> cgroup, for every process on the request path (the load generator is not)
     cpu_cgroups: dict[str, Path]
     path: str  # for the report
@@ -336,9 +342,8 @@ def running(
             f"wrk in the network namespace of `{endpoint.container}` ({where}) → "
             f"127.0.0.1:{endpoint.inner_port}; CPU counted: {counted}"
         )
-        pid = a_process_of(cgroups[path_containers[0]])
-        return Running(candidate.number, candidate.key, candidate.title, endpoint.inner_url, pid,
-                       cgroups, path)  # fmt: skip
+        return Running(candidate.number, candidate.key, candidate.title, endpoint.inner_url,
+                       cgroups[path_containers[0]], cgroups, path)  # fmt: skip
     proxies = "two docker-proxy hops (this host → VM → nginx)" if vm else "one docker-proxy hop"
     path = (
         f"wrk on this host → 127.0.0.1:{endpoint.published_port}, {proxies}; "
@@ -348,30 +353,70 @@ def running(
                    None, cgroups, path)  # fmt: skip
 
 
-def stack_endpoint(args: argparse.Namespace, https: bool = False) -> tuple[Endpoint, list[str]]:
-    """The VM's nginx and the production colour's TorchServe behind it."""
+def stack_endpoint(args: argparse.Namespace, number: int) -> tuple[Endpoint, list[str]]:
+    """The VM's nginx and the TorchServe colours behind it: production's, and in a canary
+    step (7) the idle one's too."""
     fact = docker("exec", args.instance, "cat", "/etc/ansible/facts.d/modelserve.fact")
     colour = json.loads(fact.stdout)["active_colour"]
     endpoint = (
         Endpoint("nginx", args.stack_https_port, 443, "/predict", "https")
-        if https
+        if number == report.STACK_HTTPS
         else Endpoint("nginx", args.stack_port, 80, "/predict")
     )
-    return endpoint, ["nginx", f"torchserve-{colour}"]
+    colours = cfg.colour_containers() if number == report.STACK_CANARY else [f"torchserve-{colour}"]
+    return endpoint, ["nginx", *colours]
+
+
+class CanaryRouting:
+    """Production's routing with and without the canary weight, for candidate (7).
+
+    Both versions are written by the nginx role's own route tasks (benchmarks/canary.yml,
+    two Ansible runs at the start). Each round then puts one or the other back in place
+    and reloads nginx with the role's reloader: a second, where an Ansible run takes 30.
+    """
+
+    def __init__(self, instance: str, weight: int) -> None:
+        self.instance = instance
+        self.routing_file = f"{cfg.nginx_config_dir()}/conf.d/upstreams.conf"
+        self.canary_text = self._route(weight)
+        self.production_text = self._route(0)
+
+    def _route(self, weight: int) -> str:
+        log(f"routing {weight} % of /predict to the idle colour (benchmarks/canary.yml)")
+        done = subprocess.run(
+            [ANSIBLE_PLAYBOOK, str(DATA_DIR / "canary.yml"), "-e", f"canary_weight={weight}"],
+            cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"benchmarks/canary.yml failed:\n{done.stdout[-3000:]}")
+        return docker("exec", self.instance, "cat", self.routing_file).stdout
+
+    def _install(self, text: str) -> None:
+        subprocess.run(
+            ["docker", "exec", "-i", self.instance, "sh", "-c", f"cat > {self.routing_file}"],
+            input=text, text=True, capture_output=True, check=True,
+        )  # fmt: skip
+        docker("exec", self.instance, NGINX_RELOADER, "--container", "nginx")
+
+    def canary(self) -> None:
+        self._install(self.canary_text)
+
+    def production_only(self) -> None:
+        self._install(self.production_text)
 
 
 # --- load and memory ------------------------------------------------------------------
 
 
 def run_wrk(
-    url: str, connections: int, duration_s: int, netns_pid: int | None
+    url: str, connections: int, duration_s: int, netns_cgroup: Path | None
 ) -> tuple[report.LoadResult, str]:
     argv = [
         "wrk", "-t", str(cfg.WRK_THREADS), "-c", str(connections), "-d", f"{duration_s}s",
         "--timeout", f"{cfg.WRK_TIMEOUT_S}s", "--latency", "-s", str(POST_SCRIPT), url,
     ]  # fmt: skip
-    if netns_pid is not None:
-        argv = ["nsenter", f"--target={netns_pid}", "--net", *argv]
+    if netns_cgroup is not None:
+        argv = ["nsenter", f"--target={a_process_of(netns_cgroup)}", "--net", *argv]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60, check=True)
     return report.parse_wrk(done.stdout), done.stdout
 
@@ -380,7 +425,7 @@ def measure_once(
     candidate: Running, connections: int, args: argparse.Namespace, tag: str
 ) -> report.Sample:
     before = {name: cpu_usage_us(c) for name, c in candidate.cpu_cgroups.items()}
-    load, raw = run_wrk(candidate.url, connections, args.duration, candidate.netns_pid)
+    load, raw = run_wrk(candidate.url, connections, args.duration, candidate.netns_cgroup)
     used = {name: cpu_usage_us(c) - before[name] for name, c in candidate.cpu_cgroups.items()}
     sample = report.Sample(load, sum(used.values()), used)
     log(
@@ -448,7 +493,7 @@ def machine() -> dict[str, object]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", type=int, nargs="+", choices=range(1, 7), metavar="N")
+    parser.add_argument("--only", type=int, nargs="+", choices=range(1, 8), metavar="N")
     parser.add_argument("--connections", type=int, nargs="+", default=list(cfg.CONNECTIONS))
     parser.add_argument("--rounds", type=int, default=cfg.ROUNDS, help="interleaved rounds")
     parser.add_argument("--duration", type=int, default=cfg.DURATION_S, help="s per wrk run")
@@ -491,7 +536,7 @@ def start_candidates(
     started = []
     for candidate in chosen:
         if candidate.number in report.STACKS:
-            endpoint, path_containers = stack_endpoint(args, candidate.number == report.STACK_HTTPS)
+            endpoint, path_containers = stack_endpoint(args, candidate.number)
             started.append(
                 running(candidate, endpoint, args.path, path_containers, vm=args.instance)
             )  # fmt: skip
@@ -515,7 +560,7 @@ def start_candidates(
 
 
 def candidate_published_url(candidate: Running, args: argparse.Namespace) -> str:
-    if candidate.number == report.STACK:
+    if candidate.number in (report.STACK, report.STACK_CANARY):
         return f"http://127.0.0.1:{args.stack_port}/predict"
     if candidate.number == report.STACK_HTTPS:
         return f"https://127.0.0.1:{args.stack_https_port}/predict"
@@ -558,28 +603,27 @@ def main(argv: list[str] | None = None) -> int:
     candidate_memory: dict[str, int] = {}
     order: list[list[int]] = []
     started: list[Running] = []
+    canary: CanaryRouting | None = None
     try:
+        if any(c.number == report.STACK_CANARY for c in chosen):
+            canary = CanaryRouting(args.instance, cfg.CANARY_WEIGHT)
         started = start_candidates(chosen, args, tuned)
         if any(c.number in report.STACKS for c in started):
             memory["idle"] = memory_sample(args.instance)
         for candidate in started:
             log(f"warm-up ({candidate.number}) {candidate.title}")
-            run_wrk(candidate.url, max(args.connections), args.warmup, candidate.netns_pid)
+            with canary_step(canary, candidate):
+                run_wrk(candidate.url, max(args.connections), args.warmup, candidate.netns_cgroup)
         for round_index in range(args.rounds):
             this_round = rotation(started, round_index)
             order.append([c.number for c in this_round])
             log(f"round {round_index + 1}/{args.rounds}: order {order[-1]}")
             for candidate in this_round:
-                for connections in sorted(args.connections):
-                    sampler = None
-                    if round_index == 0 and connections == max(args.connections):
-                        sampler = memory_sampler(candidate, args, memory, candidate_memory)
-                        sampler.start()
-                    sample = measure_once(candidate, connections, args, f"r{round_index + 1}")
-                    candidate.samples.setdefault(connections, []).append(sample)
-                    if sampler is not None:
-                        sampler.join()
+                with canary_step(canary, candidate):
+                    measure_candidate(candidate, round_index, args, memory, candidate_memory)
     finally:
+        if canary is not None:
+            canary.production_only()
         for candidate in chosen:
             if candidate.number not in report.STACKS:
                 name = CONTAINER_PREFIX + candidate.key
@@ -637,6 +681,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def measure_candidate(
+    candidate: Running,
+    round_index: int,
+    args: argparse.Namespace,
+    memory: dict[str, dict[str, int]],
+    candidate_memory: dict[str, int],
+) -> None:
+    """One round's runs of a candidate, one per connection count."""
+    for connections in sorted(args.connections):
+        sampler = None
+        if round_index == 0 and connections == max(args.connections):
+            sampler = memory_sampler(candidate, args, memory, candidate_memory)
+            sampler.start()
+        sample = measure_once(candidate, connections, args, f"r{round_index + 1}")
+        candidate.samples.setdefault(connections, []).append(sample)
+        if sampler is not None:
+            sampler.join()
+
+
+@contextlib.contextmanager
+def canary_step(canary: CanaryRouting | None, candidate: Running) -> Iterator[None]:
+    """The canary weight in place while candidate (7) runs; production alone otherwise."""
+    if canary is None or candidate.number != report.STACK_CANARY:
+        yield
+        return
+    canary.canary()
+    try:
+        yield
+    finally:
+        canary.production_only()
+
+
 def memory_sampler(
     candidate: Running,
     args: argparse.Namespace,
@@ -648,7 +724,7 @@ def memory_sampler(
     def sample() -> None:
         if candidate.number == report.STACK:
             memory["under load"] = memory_sample(args.instance)
-        elif candidate.number == report.STACK_HTTPS:
+        elif candidate.number in (report.STACK_HTTPS, report.STACK_CANARY):
             pass  # the same containers as (5)
         else:
             candidate_memory[candidate.key] = container_rss(CONTAINER_PREFIX + candidate.key)
