@@ -52,7 +52,7 @@ integration: venv
 molecule: images ssh-keys
 	MODELSERVE_CONNECTION=ssh molecule test
 
-# Not part of `make test`: needs the VM converged (make demo); takes about 7 minutes.
+# Not part of `make test`: needs the VM converged (make demo); takes about 10 minutes.
 # See benchmarks/README.md.
 bench: images
 	$(BIN)/python -m modelserve.bench.run $(BENCH_ARGS)

@@ -24,8 +24,8 @@ TORCHSERVE_VARS = REPO / "roles" / "torchserve" / "vars" / "main.yml"
 # once per round, in an order that rotates, so a co-tenant's burst spreads over them.
 CONNECTIONS = (100, 200)
 ROUNDS = 5
-DURATION_S = 8
-WARMUP_S = 5
+DURATION_S = 7
+WARMUP_S = 3
 WRK_THREADS = 2
 WRK_TIMEOUT_S = 5
 # The canary candidate's step: a rollout's default middle step (bluegreen_rollout_steps).

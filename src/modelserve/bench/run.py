@@ -379,7 +379,13 @@ class CanaryRouting:
         self.instance = instance
         self.routing_file = f"{cfg.nginx_config_dir()}/conf.d/upstreams.conf"
         self.canary_text = self._route(weight)
-        self.production_text = self._route(0)
+        try:
+            self.production_text = self._route(0)
+        except Exception as err:
+            raise RuntimeError(
+                f"{err}\nThe canary routing may still be live: route back with "
+                "`ansible-playbook benchmarks/canary.yml -e canary_weight=0`"
+            ) from err
 
     def _route(self, weight: int) -> str:
         log(f"routing {weight} % of /predict to the idle colour (benchmarks/canary.yml)")
