@@ -49,8 +49,10 @@ integration: venv
 	DRIFT_TANSU_BIN=$(TANSU) pytest -q tests/integration
 
 # Over SSH as admin with become, as on an EC2 image; make demo keeps Docker's connection.
+# Then the same converge on Debian 13 (trixie), with the tests where the host OS shows.
 molecule: images ssh-keys
 	MODELSERVE_CONNECTION=ssh molecule test
+	MODELSERVE_CONNECTION=ssh molecule test -s trixie
 
 # Not part of `make test`: needs the VM converged (make demo); takes about 10 minutes.
 # See benchmarks/README.md.
@@ -73,6 +75,7 @@ $(VENV)/.installed: pyproject.toml requirements.txt requirements-model.txt image
 
 images: host venv
 	$(BIN)/python -m modelserve.testbed.images
+	$(BIN)/python -m modelserve.testbed.images --only vm --suite trixie
 
 ssh-keys: venv
 	$(BIN)/python -m modelserve.testbed.ssh_keys

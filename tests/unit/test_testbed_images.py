@@ -56,3 +56,24 @@ def test_free_space_error_names_each_short_place(tmp_path: Path) -> None:
     assert message.count(str(tmp_path)) == 2
     assert "(cache)" in message and "(docker)" in message
     assert "docker volume prune" in message
+
+
+def test_vm_image_of_another_release_is_the_same_dockerfile_on_its_base() -> None:
+    bookworm = next(spec for spec in images.IMAGES if spec.directory == "vm")
+    assert bookworm == images.vm_spec("bookworm")
+    assert (bookworm.tag, bookworm.base) == ("modelserve-local/vm:bookworm", images.BASE_TAG)
+    assert images.build_args(bookworm) == []
+    trixie = images.vm_spec("trixie")
+    assert (trixie.tag, trixie.base) == (
+        "modelserve-local/vm:trixie",
+        "modelserve-local/debian:trixie",
+    )
+    assert trixie.source == bookworm.source
+    assert images.build_args(trixie) == ["--build-arg", "BASE=modelserve-local/debian:trixie"]
+
+
+def test_vm_dockerfile_takes_its_base_as_argument_defaulting_to_bookworm() -> None:
+    """Built without the argument (the default release), it must still be on BASE_TAG."""
+    lines = (images.IMAGES_DIR / "vm" / "Dockerfile").read_text().splitlines()
+    assert f"ARG BASE={images.BASE_TAG}" in lines
+    assert [line for line in lines if line.startswith("FROM ")] == ["FROM ${BASE}"]

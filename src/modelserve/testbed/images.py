@@ -3,8 +3,9 @@
 No container registry can be reached from the build machines, so every image is
 built here:
 
-* a Debian 12 base image (debootstrap + `docker import`), cached;
-* the systemd "VM" image Molecule boots;
+* a Debian 12 base image (debootstrap + `docker import`), cached, and a Debian 13 one
+  when asked (`--suite trixie`);
+* the systemd "VM" image Molecule boots, on the base of the `--suite` release;
 * one stand-in per service image, honouring the official image's contract
   (entrypoint, ports, paths, user) so the roles run unmodified against either.
 
@@ -33,7 +34,15 @@ PACKAGE_DIR = REPO / "src" / "modelserve"
 IMAGES_DIR = REPO / "images"
 CACHE = REPO / ".cache"
 HASH_LABEL = "org.modelserve.inputs-sha256"
-BASE_TAG = "modelserve-local/debian:bookworm"
+SUITE = "bookworm"  # the release of the service images, and of the VM by default
+SUITES = (SUITE, "trixie")  # the releases a VM image can be built on
+
+
+def base_tag(suite: str) -> str:
+    return f"modelserve-local/debian:{suite}"
+
+
+BASE_TAG = base_tag(SUITE)
 # What a build from nothing writes: images, their tarballs, the VM's inner Docker storage.
 MIN_FREE_BYTES = 16 * 2**30
 APT_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
@@ -51,6 +60,9 @@ class ImageSpec:
     # Modules of the package (paths under src/modelserve/) that the Dockerfile copies: put
     # at the top of the build context under their own names, as if they were in `directory`.
     package_files: tuple[str, ...] = ()
+    # The image it is built FROM; any other than BASE_TAG goes to the Dockerfile as the
+    # build argument BASE (its `ARG BASE` defaults to BASE_TAG).
+    base: str = BASE_TAG
 
     @property
     def source(self) -> Path:
@@ -69,8 +81,13 @@ class ImageSpec:
         return files
 
 
+def vm_spec(suite: str) -> ImageSpec:
+    """The VM image of a Debian release: the same Dockerfile on that release's base."""
+    return ImageSpec("vm", f"modelserve-local/vm:{suite}", offline=False, base=base_tag(suite))
+
+
 IMAGES = (
-    ImageSpec("vm", "modelserve-local/vm:bookworm", offline=False),
+    vm_spec(SUITE),
     ImageSpec("torchserve", "modelserve-local/torchserve:0.12.0-cpu", offline=True),
     ImageSpec("nginx", "modelserve-local/nginx:1.27", offline=True),
     ImageSpec("locust", "modelserve-local/locust:2.47.0", offline=True),
@@ -156,21 +173,20 @@ def debian_mirror() -> str:
     sys.exit("images: no Debian mirror found in the machine's apt sources")
 
 
-def build_base() -> None:
-    if image_id(BASE_TAG):
-        log(f"{BASE_TAG}: cached")
+def build_base(suite: str = SUITE) -> None:
+    tag = base_tag(suite)
+    if image_id(tag):
+        log(f"{tag}: cached")
         return
     mirror = debian_mirror()
-    log(f"{BASE_TAG}: debootstrap bookworm from {mirror}")
+    log(f"{tag}: debootstrap {suite} from {mirror}")
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         rootfs = Path(tmp) / "rootfs"
-        run(
-            "debootstrap", "--variant=minbase", "--include=python3", "bookworm", str(rootfs), mirror
-        )
+        run("debootstrap", "--variant=minbase", "--include=python3", suite, str(rootfs), mirror)
         # The rootfs keeps the mirror debootstrap used, so apt works inside the builds.
         shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "import", "-", BASE_TAG], stdin=tar.stdout, check=True)
+        subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout, check=True)
         if tar.wait() != 0:
             sys.exit("images: tar of the base rootfs failed")
 
@@ -192,11 +208,16 @@ def download_wheels(spec: ImageSpec) -> Path | None:
 
 def inputs_hash(spec: ImageSpec) -> str:
     digest = hashlib.sha256()
-    digest.update((image_id(BASE_TAG) or "").encode())
+    digest.update((image_id(spec.base) or "").encode())
     for name, path in sorted(spec.inputs().items()):
         digest.update(str(name).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def build_args(spec: ImageSpec) -> list[str]:
+    """`docker build`'s options for the base: none on the default one (no unused argument)."""
+    return [] if spec.base == BASE_TAG else ["--build-arg", f"BASE={spec.base}"]
 
 
 def build(spec: ImageSpec) -> None:
@@ -217,7 +238,10 @@ def build(spec: ImageSpec) -> None:
             os.link(wheel, wheels / wheel.name)
     log(f"{spec.tag}: building")
     replaced = image_id(spec.tag)
-    run("docker", "build", "--label", f"{HASH_LABEL}={wanted}", "-t", spec.tag, str(context))
+    run(
+        "docker", "build", *build_args(spec), "--label", f"{HASH_LABEL}={wanted}",
+        "-t", spec.tag, str(context),
+    )  # fmt: skip
     shutil.rmtree(context)
     if replaced and replaced != image_id(spec.tag):
         # Untagged by the build, the old image would keep its gigabytes until a prune.
@@ -263,6 +287,12 @@ def main() -> None:
         "--only", nargs="+", choices=[s.directory for s in IMAGES], help="build only these"
     )
     parser.add_argument(
+        "--suite",
+        choices=SUITES,
+        default=SUITE,
+        help=f"Debian release of the VM image (default {SUITE}); service images stay {SUITE}",
+    )
+    parser.add_argument(
         "--offline-dir",
         type=Path,
         default=CACHE / "images",
@@ -275,17 +305,18 @@ def main() -> None:
     if error:
         sys.exit(error)
     try:
-        build_all(args.only, args.offline_dir)
+        build_all(args.only, args.offline_dir, args.suite)
     except subprocess.CalledProcessError as failure:
         sys.exit(f"images: `{' '.join(map(str, failure.cmd))}` failed (exit {failure.returncode})")
 
 
-def build_all(only: list[str] | None, offline_dir: Path) -> None:
+def build_all(only: list[str] | None, offline_dir: Path, suite: str = SUITE) -> None:
     build_base()
+    build_base(suite)
     for spec in IMAGES:
         if only and spec.directory not in only:
             continue
-        build(spec)
+        build(vm_spec(suite) if spec.directory == "vm" else spec)
         if spec.offline:
             export(spec, offline_dir)
     if not only:
