@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -125,21 +124,6 @@ def converge_nginx(tmp_path: Path, *extra: str, tasks: str = "main") -> Playbook
     playbook = tmp_path / f"nginx-{tasks}.yml"
     playbook.write_text(NGINX_PLAY.format(tasks=tasks))
     return run_playbook(str(playbook), *extra)
-
-
-# nginx writes its access logs in blocks, at the latest this long after a request
-# (nginx_access_log_flush).
-ACCESS_LOG_FLUSH_S = 1
-
-
-def access_log_with(host, path: str, marker: str, timeout_s: float = 5) -> str:
-    """An access log's content once it holds ``marker``, or as it is at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        content = host.file(path).content_string
-        if marker in content or time.monotonic() > deadline:
-            return content
-        time.sleep(0.25)
 
 
 def predict(

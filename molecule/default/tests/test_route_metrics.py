@@ -14,9 +14,8 @@ from conftest import BASE_URL, REFERENCE_INPUT, active_colour, idle_colour
 PROMETHEUS = "http://127.0.0.1:9090"
 LOG_DIR = "/var/log/modelserve-nginx"
 SCRAPE_WAIT_S = 60
-# Time a request's line takes to reach mtail: nginx writes its access log at the latest
-# 1 s after the request (nginx_access_log_flush), and mtail looks every second.
-READ_MARGIN_S = 3
+# Time mtail is given to read a logged line (it looks every 250 ms).
+READ_MARGIN_S = 2
 ROTATE = (
     "/usr/sbin/logrotate --force --state /var/lib/logrotate/modelserve-nginx.status "
     "/etc/logrotate.d/modelserve-nginx"
