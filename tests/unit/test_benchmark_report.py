@@ -228,6 +228,18 @@ def test_cpu_split_shows_each_container_of_a_multi_container_path() -> None:
     assert report.cpu_split_table({n: f"c{n}" for n in results}, full_run()) is None
 
 
+def test_cpu_off_the_path_is_shown_and_not_counted() -> None:
+    results = full_run()
+    load = result(2000)  # 20,000 successful requests
+    on_path = {"nginx": 1e6, "torchserve-green": 5e6}
+    results[5][200] = [report.Sample(load, 6e6, on_path, {"route-metrics": 4e5})] * 2
+    assert results[5][200][0].cpu_us_per_request == 300
+    split = report.cpu_split_table({n: f"c{n}" for n in results}, results)
+    assert "| 5 | c5 | 200 | route-metrics (off the path, not counted) | 20 |" in split
+    again = report.Sample.from_dict(results[5][200][0].as_dict())
+    assert again.cpu_us_off_path == {"route-metrics": 4e5}
+
+
 def results_json(results: report.Results) -> dict:
     return {
         "run": "20261130T000000Z",

@@ -85,6 +85,9 @@ class Sample:
     cpu_us: float | None
     # The same CPU time by container, where the path has several (the stack's).
     cpu_us_by_container: dict[str, float] = field(default_factory=dict)
+    # CPU time of containers that work per request off the path (the stack's mtail, which
+    # reads nginx's access logs): shown, not counted in cpu_us.
+    cpu_us_off_path: dict[str, float] = field(default_factory=dict)
 
     @property
     def cpu_us_per_request(self) -> float | None:
@@ -97,13 +100,19 @@ class Sample:
             "load": self.load.as_dict(),
             "cpu_us": self.cpu_us,
             "cpu_us_by_container": self.cpu_us_by_container,
+            "cpu_us_off_path": self.cpu_us_off_path,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Sample:
         fields = LoadResult.__dataclass_fields__
         load = LoadResult(**{k: v for k, v in data["load"].items() if k in fields})
-        return cls(load, data.get("cpu_us"), data.get("cpu_us_by_container") or {})
+        return cls(
+            load,
+            data.get("cpu_us"),
+            data.get("cpu_us_by_container") or {},
+            data.get("cpu_us_off_path") or {},
+        )
 
 
 # candidate number -> connections -> one sample per round, in round order
@@ -327,7 +336,8 @@ def results_table(titles: dict[int, str], results: Results) -> str:
 
 def cpu_split_table(titles: dict[int, str], results: Results) -> str | None:
     """Where the CPU time of multi-container paths goes: CPU-µs per request by container,
-    median over the rounds; None when no path has more than one container."""
+    median over the rounds, then the containers off the path (not counted); None when no
+    path has more than one container."""
     lines = [
         "| # | candidate | conns | container | CPU-µs per request |",
         "| ---: | --- | ---: | --- | ---: |",
@@ -337,17 +347,23 @@ def cpu_split_table(titles: dict[int, str], results: Results) -> str | None:
             names = sorted({name for s in samples for name in s.cpu_us_by_container})
             if len(names) < 2:
                 continue
-            for name in names:
+            off_path = sorted({name for s in samples for name in s.cpu_us_off_path})
+            rows = [(name, lambda s, n=name: s.cpu_us_by_container.get(n)) for name in names]
+            rows += [
+                (f"{name} (off the path, not counted)", lambda s, n=name: s.cpu_us_off_path.get(n))
+                for name in off_path
+            ]
+            for label, used in rows:
                 per_request = Spread.of(
                     [
-                        s.cpu_us_by_container[name] / s.load.successful
-                        if name in s.cpu_us_by_container and s.load.successful
+                        used(s) / s.load.successful
+                        if used(s) is not None and s.load.successful
                         else None
                         for s in samples
                     ]
                 )
                 lines.append(
-                    f"| {number} | {titles[number]} | {connections} | {name} | "
+                    f"| {number} | {titles[number]} | {connections} | {label} | "
                     f"{_range(per_request, 0)} |"
                 )
     return "\n".join(lines) if len(lines) > 2 else None

@@ -53,6 +53,9 @@ FASTAPI_SPEC = build_images.ImageSpec(
 CONTAINER_PREFIX = "modelserve-benchmark-"
 HOST_PORT = {1: 18181, 2: 18182, 3: 18183, 4: 18184}
 MODEL_NAME = "model"
+# The stack's containers that work per request off the request path: mtail reads every
+# line nginx logs (the route_metrics role).
+STACK_OFF_PATH = ("route-metrics",)
 # Beside this interpreter: the venv's, also when it is run without the venv on PATH.
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
 NGINX_RELOADER = "/usr/local/libexec/modelserve/nginx_reload.py"  # the nginx role's
@@ -327,6 +330,8 @@ class Running:
     # container -> cgroup, for every process on the request path (the load generator is not)
     cpu_cgroups: dict[str, Path]
     path: str  # for the report
+    # containers working per request off the path (the stack's mtail): shown, not counted
+    off_path_cgroups: dict[str, Path] = field(default_factory=dict)
     samples: dict[int, list[report.Sample]] = field(default_factory=dict)
 
 
@@ -430,10 +435,13 @@ def run_wrk(
 def measure_once(
     candidate: Running, connections: int, args: argparse.Namespace, tag: str
 ) -> report.Sample:
-    before = {name: cpu_usage_us(c) for name, c in candidate.cpu_cgroups.items()}
+    cgroups = {**candidate.cpu_cgroups, **candidate.off_path_cgroups}
+    before = {name: cpu_usage_us(c) for name, c in cgroups.items()}
     load, raw = run_wrk(candidate.url, connections, args.duration, candidate.netns_cgroup)
-    used = {name: cpu_usage_us(c) - before[name] for name, c in candidate.cpu_cgroups.items()}
-    sample = report.Sample(load, sum(used.values()), used)
+    used = {name: cpu_usage_us(c) - before[name] for name, c in cgroups.items()}
+    on_path = {name: used[name] for name in candidate.cpu_cgroups}
+    off_path = {name: used[name] for name in candidate.off_path_cgroups}
+    sample = report.Sample(load, sum(on_path.values()), on_path, off_path)
     log(
         f"  ({candidate.number}) {connections} conns: {load.successful_rps:,.0f} successful "
         f"req/s, {load.failed} failed, p99 {load.p99_ms:.1f} ms, "
@@ -543,9 +551,11 @@ def start_candidates(
     for candidate in chosen:
         if candidate.number in report.STACKS:
             endpoint, path_containers = stack_endpoint(args, candidate.number)
-            started.append(
-                running(candidate, endpoint, args.path, path_containers, vm=args.instance)
-            )  # fmt: skip
+            stack = running(candidate, endpoint, args.path, path_containers, vm=args.instance)
+            stack.off_path_cgroups = {
+                name: cgroup_dir(container_id(name, args.instance)) for name in STACK_OFF_PATH
+            }
+            started.append(stack)
             continue
         name = CONTAINER_PREFIX + candidate.key
         port = HOST_PORT[candidate.number]
