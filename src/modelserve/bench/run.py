@@ -408,6 +408,20 @@ class CanaryRouting:
             input=text, text=True, capture_output=True, check=True,
         )  # fmt: skip
         docker("exec", self.instance, NGINX_RELOADER, "--container", "nginx")
+        # The previous workers may have accepted a connection before they stop: one the
+        # load generator opens then is closed under it. The role's reload drains; this waits.
+        deadline = time.monotonic() + 30
+        while self._workers_shutting_down():
+            if time.monotonic() > deadline:
+                raise RuntimeError("nginx's previous workers still run 30 s after a reload")
+            time.sleep(0.2)
+
+    def _workers_shutting_down(self) -> bool:
+        listing = docker(
+            "exec", self.instance, "docker", "exec", "nginx", "sh", "-c",
+            'cat /proc/[0-9]*/cmdline 2>/dev/null | tr "\\0" "\\n"',
+        ).stdout  # fmt: skip
+        return "worker process is shutting down" in listing
 
     def canary(self) -> None:
         self._install(self.canary_text)
