@@ -4,8 +4,9 @@ it, FastAPI, and TorchServe with our settings, in one run, with one load tool.
 Every candidate gets the same wrk load (post.lua: a JSON POST of the reference input) at
 each connection count, after a warm-up, one candidate at a time so that they never
 compete for the machine's cores. Candidates 1-4 run as containers on this machine's
-Docker, published on 127.0.0.1; candidate 5 is the converged Molecule VM's nginx
-(``MODELSERVE_INSTANCE``, ``MODELSERVE_HTTP_PORT``). Writes
+Docker, published on 127.0.0.1; candidates 5-7 are the converged Molecule VM's nginx
+(``MODELSERVE_INSTANCE``, ``MODELSERVE_HTTP_PORT``, ``MODELSERVE_HTTPS_PORT``): plain,
+over HTTPS, and in a canary step (benchmarks/README.md). Writes
 ``benchmarks/results/<timestamp>/`` with results.md, results.json and chart.png.
 
 Usage: ``make bench`` or ``python -m modelserve.bench.run [--only 1 5] [--set batch_size=16]``.
@@ -19,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -377,7 +379,7 @@ class CanaryRouting:
 
     Both versions are written by the nginx role's own route tasks (benchmarks/canary.yml,
     two Ansible runs at the start). Each round then puts one or the other back in place
-    and reloads nginx with the role's reloader: a second, where an Ansible run takes 30.
+    and reloads nginx with the role's reloader: a second, where an Ansible run takes 18.
     """
 
     def __init__(self, instance: str, weight: int) -> None:
@@ -599,6 +601,9 @@ def candidate_published_url(candidate: Running, args: argparse.Namespace) -> str
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A run stopped by SIGTERM (timeout, kill) still routes the canary back and removes
+    # its containers: the `finally` below runs on SystemExit, not on a bare signal.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args(argv)
     tuned = cfg.tuned_torchserve().override(dict(item.split("=", 1) for item in args.set))
     chosen = [c for c in cfg.candidates(tuned) if not args.only or c.number in args.only]
