@@ -10,7 +10,7 @@ export MODELSERVE_HTTP_PORT ?= 8080
 export MODELSERVE_SSH_PORT ?= 2222
 export MODELSERVE_HTTPS_PORT ?= 8443
 
-.PHONY: demo demo-destroy test lint unit integration molecule host venv images ssh-keys bench
+.PHONY: demo demo-destroy test lint unit integration molecule host venv images trixie-vm ssh-keys bench
 
 demo: images ssh-keys
 	molecule converge
@@ -50,7 +50,7 @@ integration: venv
 
 # Over SSH as admin with become, as on an EC2 image; make demo keeps Docker's connection.
 # Then the same converge on Debian 13 (trixie), with the tests where the host OS shows.
-molecule: images ssh-keys
+molecule: images trixie-vm ssh-keys
 	MODELSERVE_CONNECTION=ssh molecule test
 	MODELSERVE_CONNECTION=ssh MODELSERVE_HTTP_PORT=9080 MODELSERVE_HTTPS_PORT=9443 \
 		MODELSERVE_SSH_PORT=2322 molecule test -s trixie
@@ -76,6 +76,9 @@ $(VENV)/.installed: pyproject.toml requirements.txt requirements-model.txt image
 
 images: host venv
 	$(BIN)/python -m modelserve.testbed.images
+
+# The Debian 13 VM image, for the trixie scenario only (make demo does without it).
+trixie-vm: images
 	$(BIN)/python -m modelserve.testbed.images --only vm --suite trixie
 
 ssh-keys: venv
