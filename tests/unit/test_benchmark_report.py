@@ -350,6 +350,18 @@ def test_torchserve_candidates_config() -> None:
     ours = run.torchserve_properties(tuned)
     assert f"job_queue_size={tuned.job_queue_size}" in ours
     assert "decode_input_request=false" in ours
+    # The metrics settings the role's config.properties always has, and the reference not.
+    role_config = (
+        Path(__file__).parents[2] / "roles/torchserve/templates/config.properties.j2"
+    ).read_text()
+    metrics = [
+        "metrics_mode=prometheus",
+        "enable_metrics_api=true",
+        "model_metrics_auto_detect=true",
+    ]
+    assert all(line in role_config.splitlines() for line in metrics)
+    assert all(line in ours.splitlines() for line in metrics)
+    assert not any(line in reference for line in metrics)
     log4j2 = run.log_config(tuned.override({"log_level": "error", "access_log": "false"}))
     assert '<Root level="error">' in log4j2
     assert '<Logger name="ACCESS_LOG" level="off"/>' in log4j2

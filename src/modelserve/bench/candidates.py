@@ -49,6 +49,9 @@ class TorchServeSettings:
     decode_input_request: bool
     log_level: str | None  # None: TorchServe's own log4j2.xml (every request, at DEBUG)
     access_log: bool
+    # Prometheus metrics mode with the metrics API and model metrics auto-detection, as the
+    # torchserve role's config.properties always sets them; False: TorchServe's log mode.
+    prometheus_metrics: bool = False
 
     def override(self, assignments: dict[str, str]) -> TorchServeSettings:
         """A copy with ``name=value`` assignments applied (values parsed as YAML)."""
@@ -101,6 +104,7 @@ def tuned_torchserve(defaults: dict[str, Any] | None = None) -> TorchServeSettin
         decode_input_request=False,
         log_level=str(d["torchserve_log_level"]),
         access_log=bool(d["torchserve_access_log"]),
+        prometheus_metrics=True,  # not a variable: templates/config.properties.j2
     )
 
 

@@ -186,6 +186,9 @@ def torchserve_properties(settings: cfg.TorchServeSettings) -> str:
         lines.append(f"netty_client_threads={settings.netty_client_threads}")
     if not settings.decode_input_request:
         lines.append("decode_input_request=false")
+    if settings.prometheus_metrics:
+        lines += ["metrics_mode=prometheus", "enable_metrics_api=true"]
+        lines.append("model_metrics_auto_detect=true")
     if settings.jvm_heap is not None:
         lines.append(f"vmargs=-Xmx{settings.jvm_heap} -XX:+UseContainerSupport")
     return "\n".join(lines) + "\n"
