@@ -28,8 +28,6 @@ DURATION_S = 7
 WARMUP_S = 3
 WRK_THREADS = 2
 WRK_TIMEOUT_S = 5
-# The canary candidate's step: a rollout's default middle step (bluegreen_rollout_steps).
-CANARY_WEIGHT = 25
 
 
 @dataclass(frozen=True)
@@ -133,6 +131,12 @@ def nginx_config_dir() -> str:
     return str(_read_yaml(NGINX_DEFAULTS)["nginx_config_dir"])
 
 
+def canary_weight() -> int:
+    """The canary candidate's weight: the middle step of a rollout by default."""
+    steps = _read_yaml(BLUEGREEN_DEFAULTS)["bluegreen_rollout_steps"]
+    return int(steps[len(steps) // 2])
+
+
 def colour_containers() -> list[str]:
     """Every colour's TorchServe container, from the blue/green contract."""
     colours = _read_yaml(BLUEGREEN_DEFAULTS)["bluegreen_colours"]
@@ -160,6 +164,6 @@ def candidates(tuned: TorchServeSettings) -> tuple[Candidate, ...]:
         Candidate(
             7,
             "stack-canary",
-            f"our stack in a canary step, {CANARY_WEIGHT} % of /predict on the idle colour",
+            f"our stack in a canary step, {canary_weight()} % of /predict on the idle colour",
         ),
     )

@@ -644,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     canary: CanaryRouting | None = None
     try:
         if any(c.number == report.STACK_CANARY for c in chosen):
-            canary = CanaryRouting(args.instance, cfg.CANARY_WEIGHT)
+            canary = CanaryRouting(args.instance, cfg.canary_weight())
         started = start_candidates(chosen, args, tuned)
         if any(c.number in report.STACKS for c in started):
             memory["idle"] = memory_sample(args.instance)
