@@ -333,6 +333,20 @@ def test_tuned_settings_come_from_the_role_defaults() -> None:
     assert settings.override({"batch_size": "4", "jvm_heap": "1g"}).batch_size == 4
     with pytest.raises(ValueError, match="unknown"):
         settings.override({"batchsize": "4"})
+    assert settings.override({"prometheus_metrics": "false"}).prometheus_metrics is False
+    for name, text in [
+        ("prometheus_metrics", "maybe"),
+        ("batch_size", "abc"),
+        ("batch_size", "true"),
+        ("access_log", "1"),
+        ("jvm_heap", "[1]"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            settings.override({name: text})
+    reference = candidates.REFERENCE_TORCHSERVE
+    assert reference.override({"job_queue_size": "200"}).job_queue_size == 200
+    with pytest.raises(ValueError, match="a number or a word"):
+        reference.override({"job_queue_size": "yes"})
 
 
 def test_reference_settings_are_the_reference_projects() -> None:

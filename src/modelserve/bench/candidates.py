@@ -57,7 +57,15 @@ class TorchServeSettings:
         unknown = sorted(set(assignments) - known)
         if unknown:
             raise ValueError(f"unknown TorchServe setting(s) {unknown}; known: {sorted(known)}")
-        return replace(self, **{k: yaml.safe_load(v) for k, v in assignments.items()})
+        values = {name: yaml.safe_load(text) for name, text in assignments.items()}
+        for name, value in values.items():
+            current = getattr(self, name)
+            # A setting keeps its kind (a None default takes a number or a word).
+            kind = (int, str) if current is None else type(current)
+            if isinstance(value, bool) != isinstance(current, bool) or not isinstance(value, kind):
+                wanted = "a number or a word" if current is None else type(current).__name__
+                raise ValueError(f"{name}={assignments[name]!r}: {name} takes {wanted}")
+        return replace(self, **values)
 
 
 # The reference project's TorchServe: one worker, no batching, TorchServe's default queue

@@ -608,7 +608,13 @@ def main(argv: list[str] | None = None) -> int:
     # its containers: the `finally` below runs on SystemExit, not on a bare signal.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args(argv)
-    tuned = cfg.tuned_torchserve().override(dict(item.split("=", 1) for item in args.set))
+    malformed = [item for item in args.set if "=" not in item]
+    if malformed:
+        sys.exit(f"bench: --set takes NAME=VALUE, got {malformed}")
+    try:
+        tuned = cfg.tuned_torchserve().override(dict(item.split("=", 1) for item in args.set))
+    except ValueError as err:
+        sys.exit(f"bench: --set {err}")
     chosen = [c for c in cfg.candidates(tuned) if not args.only or c.number in args.only]
     if shutil.which("wrk") is None:
         sys.exit("bench: wrk is missing (apt-get install wrk)")
