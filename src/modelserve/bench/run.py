@@ -404,7 +404,8 @@ class CanaryRouting:
             cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
         if done.returncode != 0:
-            raise RuntimeError(f"benchmarks/canary.yml failed:\n{done.stdout[-3000:]}")
+            why = done.stdout.split("PLAY RECAP")[0][-2000:]  # the failed task, not the timings
+            raise RuntimeError(f"benchmarks/canary.yml failed:\n{why}")
         return docker("exec", self.instance, "cat", self.routing_file).stdout
 
     def _install(self, text: str) -> None:
@@ -667,7 +668,10 @@ def main(argv: list[str] | None = None) -> int:
                     measure_candidate(candidate, round_index, args, memory, candidate_memory)
     finally:
         if canary is not None:
-            canary.production_only()
+            try:
+                canary.production_only()
+            except (subprocess.CalledProcessError, RuntimeError) as err:
+                log(f"production's routing is back in its file, but nginx did not reload: {err}")
         for candidate in chosen:
             if candidate.number not in report.STACKS:
                 name = CONTAINER_PREFIX + candidate.key
@@ -777,4 +781,8 @@ def memory_sampler(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (subprocess.CalledProcessError, RuntimeError, TimeoutError) as failure:
+        detail = (getattr(failure, "stderr", "") or "").strip()
+        sys.exit(f"bench: {failure}" + (f"\n{detail}" if detail else ""))
