@@ -52,8 +52,7 @@ integration: venv
 # Then the same converge on Debian 13 (trixie), with the tests where the host OS shows.
 molecule: images trixie-vm ssh-keys
 	MODELSERVE_CONNECTION=ssh molecule test
-	MODELSERVE_CONNECTION=ssh MODELSERVE_HTTP_PORT=9080 MODELSERVE_HTTPS_PORT=9443 \
-		MODELSERVE_SSH_PORT=2322 molecule test -s trixie
+	MODELSERVE_CONNECTION=ssh molecule test -s trixie
 
 # Not part of `make test`: needs the VM converged (make demo); takes about 10 minutes.
 # See benchmarks/README.md.
