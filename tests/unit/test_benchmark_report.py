@@ -364,7 +364,8 @@ def test_torchserve_candidates_config() -> None:
     ours = run.torchserve_properties(tuned)
     assert f"job_queue_size={tuned.job_queue_size}" in ours
     assert "decode_input_request=false" in ours
-    # The metrics settings the role's config.properties always has, and the reference not.
+    # The settings the role's config.properties always has (metrics, Netty's native
+    # transport), and the reference not.
     role_config = (
         Path(__file__).parents[2] / "roles/torchserve/templates/config.properties.j2"
     ).read_text()
@@ -372,6 +373,7 @@ def test_torchserve_candidates_config() -> None:
         "metrics_mode=prometheus",
         "enable_metrics_api=true",
         "model_metrics_auto_detect=true",
+        "use_native_io=true",
     ]
     assert all(line in role_config.splitlines() for line in metrics)
     assert all(line in ours.splitlines() for line in metrics)

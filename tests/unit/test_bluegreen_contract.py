@@ -25,7 +25,7 @@ def with_colour(name: str, **settings: Any) -> dict[str, Any]:
 
 
 THIRD = {"container": "torchserve-cyan", "address": "172.30.0.12",
-         "ports": {"inference": 8380, "management": 8381, "metrics": 8382}}  # fmt: skip
+         "ports": {"management": 8381, "metrics": 8382}}  # fmt: skip
 # Each case: the variables set over the defaults, and what the refusal must say (None:
 # the contract must pass).
 CASES: dict[str, tuple[dict[str, Any], str | None]] = {

@@ -7,6 +7,7 @@ inventory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 
 from modelserve.wrk import WrkSummary, parse_summary
 
@@ -33,6 +35,7 @@ REFERENCE_INPUT = [0.2, 0.6]
 def bluegreen_contract() -> dict[str, Any]:
     """The bluegreen role's defaults and vars, rendered by Ansible's own templating: the
     colours, their addresses and ports, and the fact paths, read from their one home."""
+    from ansible.errors import AnsibleUndefinedVariable
     from ansible.parsing.dataloader import DataLoader
     from ansible.plugins.loader import init_plugin_loader
     from ansible.template import Templar
@@ -44,7 +47,12 @@ def bluegreen_contract() -> dict[str, Any]:
         path = REPO / "roles/bluegreen" / part / "main.yml"
         variables.update(loader.load_from_file(str(path), trusted_as_template=True))
     templar = Templar(loader=loader, variables=variables)
-    return {name: templar.template(value) for name, value in variables.items()}
+    contract: dict[str, Any] = {}
+    for name, value in variables.items():
+        # Not those derived from what a run finds on the host (bluegreen_inference_on_socket).
+        with contextlib.suppress(AnsibleUndefinedVariable):
+            contract[name] = templar.template(value)
+    return contract
 
 
 CONTRACT = bluegreen_contract()
@@ -53,7 +61,7 @@ FACT_FILE: str = CONTRACT["bluegreen_active_colour_fact_file"]
 
 
 def colour_port(colour: str, api: str) -> int:
-    """A colour's host port (127.0.0.1) of its "inference", "management" or "metrics" API."""
+    """A colour's host port (127.0.0.1) of its "management" or "metrics" API."""
     return int(CONTRACT["bluegreen_colours"][colour]["ports"][api])
 
 
@@ -62,9 +70,17 @@ def colour_container(colour: str) -> str:
     return str(CONTRACT["bluegreen_colours"][colour]["container"])
 
 
+def colour_socket(colour: str) -> str:
+    """A colour's inference socket on the host (its only inference API)."""
+    return str(CONTRACT["bluegreen_inference_sockets"][colour])
+
+
 def colour_server(colour: str) -> str:
-    """address:port at which nginx reaches a colour on the stack network."""
-    return f"{CONTRACT['bluegreen_colours'][colour]['address']}:8080"
+    """nginx's upstream server for a colour: its socket, through nginx's state mount."""
+    nginx = yaml.safe_load((REPO / "roles/nginx/defaults/main.yml").read_text())
+    nginx_vars = yaml.safe_load((REPO / "roles/nginx/vars/main.yml").read_text())
+    inside = Path(colour_socket(colour)).relative_to(nginx["nginx_state_dir"])
+    return f"unix:{Path(nginx_vars['nginx_drain_flag']).parent / inside}"
 
 
 @dataclass

@@ -19,6 +19,7 @@ from conftest import (
     active_colour,
     colour_container,
     colour_port,
+    colour_socket,
     idle_colour,
     predict,
     run_ansible,
@@ -28,14 +29,12 @@ from conftest import (
 # The only ports the stack serves beyond the host's loopback: nginx's HTTP and HTTPS.
 PUBLIC_PORTS = {80, 443}
 # On the VM's loopback: the UIs (Locust, Prometheus, Alertmanager) and TorchServe's
-# inference and management APIs (which need their keys even there).
-LOOPBACK_ONLY = {8089, 9090, 9093} | {
-    colour_port(colour, api) for colour in COLOURS for api in ("inference", "management")
-}
+# management APIs (which need their keys even there). Its inference API has no port.
+LOOPBACK_ONLY = {8089, 9090, 9093} | {colour_port(colour, "management") for colour in COLOURS}
 # Ports the stack's containers listen on inside the stack network, never published:
-# TorchServe (8080-8082), nginx's stub_status (8081), node and nginx exporters, Grafana,
-# the drift consumer's and producer's metrics (8000, 8001), Kafka (9092, no
-# authentication), TorchServe's metrics (their host ports unless asked for).
+# TorchServe (8081-8082; 8080 nowhere), nginx's stub_status (8081), node and nginx
+# exporters, Grafana, the drift consumer's and producer's metrics (8000, 8001), Kafka
+# (9092, no authentication), TorchServe's metrics (their host ports unless asked for).
 UNPUBLISHED = {3000, 8000, 8001, 8080, 8081, 8082, 9092, 9100, 9113} | {
     colour_port(colour, "metrics") for colour in COLOURS
 }
@@ -82,11 +81,14 @@ def neighbour(host, command: str):
     )
 
 
-def status_of(host, where: str, method: str, url: str, key: str = "") -> tuple[int, str]:
+def status_of(
+    host, where: str, method: str, url: str, key: str = "", socket: str = ""
+) -> tuple[int, str]:
     """HTTP status and body of one request, sent from the VM ("host") or from a container
-    on the stack network ("stack"), with an API key or none."""
+    on the stack network ("stack"), with an API key or none, over a Unix socket or TCP."""
     auth = f"-H 'Authorization: Bearer {key}'" if key else ""
-    command = f"curl -s -w '\\n%{{http_code}}' -X {method} {auth} '{url}'"
+    via = f"--unix-socket '{socket}'" if socket else ""
+    command = f"curl -s -w '\\n%{{http_code}}' -X {method} {auth} {via} '{url}'"
     result = host.run(command) if where == "host" else neighbour(host, command)
     assert result.rc == 0, result.stderr
     body, _, code = result.stdout.rpartition("\n")
@@ -122,19 +124,25 @@ def test_management_api_needs_its_key(host, where: str) -> None:
         assert json.loads(body)["models"][0]["modelName"] == "model"
 
 
-@pytest.mark.parametrize("where", ["host", "stack"])
-def test_inference_api_needs_its_key(host, where: str) -> None:
-    """TorchServe's own inference API too (only nginx, which holds the key, serves
-    clients without one)."""
-    colour = active_colour(host)
-    if where == "host":
-        url = f"http://127.0.0.1:{colour_port(colour, 'inference')}/ping"
-    else:
-        url = f"http://{colour_container(colour)}:8080/ping"
-    assert refused_for_its_key(status_of(host, where, "GET", url))
-    assert (
-        status_of(host, where, "GET", url, key=torchserve_key(host, colour, "inference"))[0] == 200
-    )
+@pytest.mark.parametrize("colour", COLOURS)
+def test_inference_api_needs_its_key(host, colour: str) -> None:
+    """TorchServe's own inference API, on its socket on the host, too: only nginx, which
+    holds the key, serves clients without one."""
+    url, socket = "http://localhost/ping", colour_socket(colour)
+    assert refused_for_its_key(status_of(host, "host", "GET", url, socket=socket))
+    key = torchserve_key(host, colour, "inference")
+    assert status_of(host, "host", "GET", url, key=key, socket=socket)[0] == 200
+
+
+@pytest.mark.parametrize("colour", COLOURS)
+def test_inference_api_is_on_no_network(host, colour: str) -> None:
+    """No port of a colour serves inference: a container on the stack network cannot
+    connect to TorchServe's inference port, and the host publishes none."""
+    container = colour_container(colour)
+    reached = neighbour(host, f"curl -s -o /dev/null --max-time 5 http://{container}:8080/ping")
+    assert reached.rc == 7, (reached.rc, reached.stdout, reached.stderr)  # could not connect
+    published = host.check_output(f"docker port {container}")
+    assert "8080/tcp" not in published, published
 
 
 @pytest.mark.parametrize("where", ["host", "stack"])
@@ -198,8 +206,10 @@ def test_containers_have_memory_limits_and_read_only_config(host) -> None:
         assert info["HostConfig"]["Memory"] > 0, name
         config_mounts = [m for m in info["Mounts"] if "/opt/modelserve" in m["Source"]]
         writable = [m["Destination"] for m in config_mounts if m["RW"]]
-        # Prometheus's data; TorchServe's working directory, where it writes its keys.
-        assert writable in ([], ["/prometheus"], ["/home/model-server/keys"]), (name, writable)
+        # Prometheus's data; TorchServe's working directory, where it writes its keys, and
+        # its inference socket's directory.
+        torchserve = ["/home/model-server/keys", "/home/model-server/socket"]
+        assert writable in ([], ["/prometheus"], torchserve), (name, writable)
     torchserve = json.loads(host.check_output(f"docker inspect {colour_container(COLOURS[-1])}"))[0]
     assert torchserve["Config"]["User"] in ("model-server", "1000")
 
@@ -288,6 +298,8 @@ def test_rate_limit_answers_429_beyond_the_rate(host) -> None:
             f" -p 127.0.0.1:{RATE_TEST_PORT}:80"
             f" -v /opt/modelserve/nginx/nginx.conf:/etc/nginx/nginx.conf:ro"
             f" -v /opt/modelserve/nginx/tls:/etc/nginx/tls:ro"
+            # The colours' inference sockets are in nginx's state directory.
+            f" -v /opt/modelserve/nginx/state:/etc/nginx/state:ro"
             f" -v {RATE_TEST_DIR}/conf.d:/etc/nginx/conf.d:ro {image}"
         )
         url = f"http://127.0.0.1:{RATE_TEST_PORT}"

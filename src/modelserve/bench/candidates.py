@@ -50,6 +50,8 @@ class TorchServeSettings:
     # Prometheus metrics mode with the metrics API and model metrics auto-detection, as the
     # torchserve role's config.properties always sets them; False: TorchServe's log mode.
     prometheus_metrics: bool = False
+    # Netty's epoll transport (use_native_io): also what a Unix-socket address needs.
+    native_io: bool = False
 
     def override(self, assignments: dict[str, str]) -> TorchServeSettings:
         """A copy with ``name=value`` assignments applied (values parsed as YAML)."""
@@ -110,7 +112,9 @@ def tuned_torchserve(defaults: dict[str, Any] | None = None) -> TorchServeSettin
         decode_input_request=False,
         log_level=str(d["torchserve_log_level"]),
         access_log=bool(d["torchserve_access_log"]),
-        prometheus_metrics=True,  # not a variable: templates/config.properties.j2
+        # Not variables: templates/config.properties.j2 always sets them.
+        prometheus_metrics=True,
+        native_io=True,
     )
 
 

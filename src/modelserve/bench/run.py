@@ -189,6 +189,8 @@ def torchserve_properties(settings: cfg.TorchServeSettings) -> str:
     if settings.prometheus_metrics:
         lines += ["metrics_mode=prometheus", "enable_metrics_api=true"]
         lines.append("model_metrics_auto_detect=true")
+    if settings.native_io:
+        lines.append("use_native_io=true")
     if settings.jvm_heap is not None:
         lines.append(f"vmargs=-Xmx{settings.jvm_heap} -XX:+UseContainerSupport")
     return "\n".join(lines) + "\n"

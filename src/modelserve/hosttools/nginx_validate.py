@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -33,7 +34,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="nginx-validate-") as tmp:
         tree = Path(tmp) / "nginx"
         if args.config_dir.is_dir():
-            shutil.copytree(args.config_dir, tree)
+            shutil.copytree(args.config_dir, tree, ignore=outside_the_config(args.config_dir))
         (tree / "conf.d").mkdir(parents=True, exist_ok=True)
         target = tree / args.relative
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +53,20 @@ def main() -> int:
         if (tree / "tls").is_dir():
             argv.append(f"--volume={tree / 'tls'}:/etc/nginx/tls:ro")
         return 0 if nginx_test([*argv, args.image]) else 1
+
+
+# What nginx's container mounts of the config directory; the rest (the state directory,
+# with the colours' inference sockets, which cannot be copied) is not config.
+CONFIG_ENTRIES = {"nginx.conf", "conf.d", "tls"}
+
+
+def outside_the_config(config_dir: Path) -> Callable[[str, list[str]], set[str]]:
+    """copytree's ignore: the config directory's entries that are not config."""
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        return set(names) - CONFIG_ENTRIES if Path(directory) == config_dir else set()
+
+    return ignore
 
 
 # A server with nothing but the candidate as its certificate and key.
