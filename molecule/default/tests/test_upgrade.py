@@ -21,6 +21,7 @@ from urllib.parse import quote
 import pytest
 import requests
 from conftest import (
+    COLOURS,
     CONTRACT,
     FACT_FILE,
     HTTPS_URL,
@@ -131,6 +132,10 @@ def test_a_host_of_the_previous_layout_upgrades_under_load(
     # nginx's container as the baseline makes it: Docker's module keeps a port and a mount
     # the baseline does not name (HTTPS's), so this VM's would otherwise keep them.
     host.run(f"docker rm -f {NGINX_CONTAINER}")
+    # The colours too, as the baseline makes them: on TCP, with no inference socket, which
+    # the baseline's validator could not copy with nginx's config directory either.
+    host.run(f"docker rm -f {' '.join(colour_container(colour) for colour in COLOURS)}")
+    host.run(f"rm -rf {CONTRACT['bluegreen_inference_sockets_dir']}")
     # And its configuration as that layout writes it: the baseline's validator mounts
     # conf.d only, so this checkout's HTTPS server block would fail its checks. The key
     # unit is stopped first: it would write its file back (the baseline restarts it).
