@@ -51,6 +51,13 @@ CASES: dict[str, tuple[dict[str, Any], str | None]] = {
         {"bluegreen_initial_colour": "purple"},
         "bluegreen_initial_colour purple is not one of blue, green",
     ),
+    "sockets outside nginx's state directory": (
+        {
+            "bluegreen_inference_sockets_dir": "/run/modelserve",
+            "nginx_state_dir": "/opt/modelserve/nginx/state",
+        },
+        "bluegreen_inference_sockets_dir /run/modelserve is not inside nginx_state_dir",
+    ),
     "one colour": (
         {"bluegreen_colours": {"blue": COLOURS["blue"]}},
         "bluegreen_colours must map two colours or more",
