@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -354,6 +356,45 @@ def test_reference_settings_are_the_reference_projects() -> None:
     assert (ref.workers, ref.batch_size, ref.job_queue_size) == (1, 1, None)
     numbers = [c.number for c in candidates.candidates(candidates.tuned_torchserve())]
     assert numbers == [1, 2, 3, 4, 5, 6, 7]
+
+
+NGINX_SITE = candidates.REPO / "roles" / "nginx" / "templates" / "modelserve.conf.j2"
+
+
+def forwarded_to_production(site: str) -> dict[str, str]:
+    """The headers nginx's site sends to production: its server-level proxy_set_header
+    directives (the routes' locations, which follow, inherit them); an empty value is none."""
+    server_level = site.split("\nserver {", 1)[1].split("\n    location ", 1)[0]
+    directives = re.findall(r"^    proxy_set_header (\S+) (.+);$", server_level, re.MULTILINE)
+    return {name: value for name, value in directives if value != '""'}
+
+
+def test_tuned_torchserve_is_sent_what_nginx_forwards_to_production() -> None:
+    site = NGINX_SITE.read_text()
+    # None of a client's own headers go on: the list below is all TorchServe gets.
+    assert "\n    proxy_pass_request_headers off;\n" in site
+    forwarded = forwarded_to_production(site)
+    sent_by_wrk_itself = {"Host", "Content-Type"}
+    tuned = next(c for c in candidates.candidates(candidates.tuned_torchserve()) if c.number == 4)
+    added = dict(header.split(": ", 1) for header in tuned.headers)
+    assert set(added) == set(forwarded) - sent_by_wrk_itself
+    assert added["X-Modelserve-Route"] == "production"  # so the handler counts its inputs
+
+
+def test_wrk_adds_a_candidates_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    argvs: list[list[str]] = []
+
+    def wrk(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        argvs.append(argv)
+        return subprocess.CompletedProcess(argv, 0, WRK_OUTPUT, "")
+
+    monkeypatch.setattr(run.subprocess, "run", wrk)
+    target = run.Running(4, "torchserve-tuned", "t", "http://127.0.0.1:8080/p", None, {}, "")
+    target.headers = ("X-Modelserve-Route: production", "Authorization: Bearer b")
+    run.run_wrk(target, 100, 1)
+    argv = argvs[0]
+    assert argv[-1] == "http://127.0.0.1:8080/p"
+    assert [argv[i + 1] for i, arg in enumerate(argv) if arg == "-H"] == list(target.headers)
 
 
 def test_torchserve_candidates_config() -> None:

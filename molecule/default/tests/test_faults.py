@@ -24,6 +24,7 @@ from conftest import (
     colour_container,
     colour_port,
     colour_server,
+    colour_socket,
     idle_colour,
     predict,
     run_playbook,
@@ -248,6 +249,60 @@ def test_fuzzed_requests_get_documented_answers_and_no_worker_dies(host) -> None
         f"fuzz: {by_status.total()} requests, answers by status {dict(sorted(by_status.items()))}"
     )
     assert {colour: worker_pids(host, colour) for colour in COLOURS} == pids
+    assert predict("/predict").status_code == 200
+
+
+def client_headers(rng: random.Random, lines: int, line_bytes: tuple[int, int]) -> dict[str, str]:
+    """``lines`` headers of a client's own (cookies, tracing, a proxy chain), each line of a
+    length drawn from ``line_bytes``."""
+    headers = {}
+    for i in range(lines):
+        name = f"X-Client-{i}-" + "".join(rng.choices("abcdefghij", k=rng.randrange(1, 20)))
+        size = rng.randint(*line_bytes) - len(name) - 2
+        headers[name] = "".join(rng.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789=;", k=size))
+    return headers
+
+
+def test_a_clients_own_headers_never_reach_torchserve(host) -> None:
+    """TorchServe refuses a request with more than 8 KB of headers; nginx takes a header
+    line up to 8 KB (4 buffers in all) and forwards none of a client's own: whatever their
+    size, a valid body is answered by the model, and a line beyond nginx's buffers, or a
+    URI, gets nginx's own JSON error."""
+    rng = random.Random(time.time_ns())
+    colour = active_colour(host)
+    # What nginx used to hand on: straight to the colour's socket, with its key.
+    padded = " ".join(f"-H 'X-Pad-{i}: {'a' * 4000}'" for i in range(3))
+    key = torchserve_key(host, colour, "inference")
+    direct = host.run(
+        f"curl -s -w ' %{{http_code}}' --unix-socket {colour_socket(colour)} {padded} "
+        f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+        f"-d '{json.dumps({'data': REFERENCE_INPUT})}' http://localhost/predictions/model"
+    )
+    assert direct.stdout.endswith(" 400") and "Invalid HTTP message" in direct.stdout
+    over_torchserve = 0
+    with requests.Session() as session:
+        for i in range(30):
+            # Half of them over TorchServe's 8 KB by construction.
+            lines, sizes = (rng.randint(2, 3), (4300, 7000)) if i % 2 else (1, (100, 7000))
+            headers = client_headers(rng, lines, sizes)
+            over_torchserve += sum(len(k) + len(v) + 4 for k, v in headers.items()) > 8192
+            response = session.post(
+                f"{BASE_URL}/predict", json={"data": REFERENCE_INPUT}, headers=headers, timeout=15
+            )
+            assert response.status_code == 200, (response.status_code, response.text[:300])
+            assert "output" in response.json()
+        for _ in range(5):
+            headers = client_headers(rng, rng.randint(1, 3), (8300, 16000))
+            response = session.post(
+                f"{BASE_URL}/predict", json={"data": REFERENCE_INPUT}, headers=headers, timeout=15
+            )
+            assert response.status_code == 400
+            assert response.json() == {"error": "request headers too large"}
+        response = session.post(
+            f"{BASE_URL}/predict?{'q' * rng.randint(8300, 16000)}", json={"data": REFERENCE_INPUT}
+        )
+        assert response.status_code == 414 and response.json() == {"error": "request URI too long"}
+    print(f"30 requests with a client's headers, {over_torchserve} over TorchServe's 8 KB")
     assert predict("/predict").status_code == 200
 
 

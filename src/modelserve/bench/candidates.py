@@ -155,12 +155,22 @@ def colour_containers() -> list[str]:
     return [str(colour["container"]) for colour in colours.values()]
 
 
+# What nginx adds to every request it forwards to production's TorchServe
+# (roles/nginx/templates/modelserve.conf.j2), beyond the Host, Content-Type and
+# Content-Length wrk sends anyway. TorchServe alone (4) is sent them too, so that it does
+# production's work: the worker carries every header, and the handler counts a production
+# request's inputs for drift detection. (5)/(4) is then what the stack adds in front.
+PRODUCTION_HEADERS = ("X-Modelserve-Route: production", "Authorization: Bearer benchmark")
+
+
 @dataclass(frozen=True)
 class Candidate:
     number: int
     key: str
     title: str
     torchserve: TorchServeSettings | None = None
+    # "Name: value" headers the load generator adds to each request
+    headers: tuple[str, ...] = ()
 
 
 def candidates(tuned: TorchServeSettings) -> tuple[Candidate, ...]:
@@ -170,7 +180,13 @@ def candidates(tuned: TorchServeSettings) -> tuple[Candidate, ...]:
             2, "torchserve-reference", "TorchServe, reference settings", REFERENCE_TORCHSERVE
         ),
         Candidate(3, "fastapi", "FastAPI/uvicorn, same model"),
-        Candidate(4, "torchserve-tuned", "TorchServe, our settings", tuned),
+        Candidate(
+            4,
+            "torchserve-tuned",
+            "TorchServe, our settings, sent production's request",
+            tuned,
+            PRODUCTION_HEADERS,
+        ),
         Candidate(5, "stack", "our stack, nginx /predict"),
         Candidate(6, "stack-https", "our stack over HTTPS, nginx /predict"),
         Candidate(

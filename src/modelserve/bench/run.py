@@ -339,6 +339,7 @@ class Running:
     path: str  # for the report
     # containers working per request off the path (the stack's mtail): shown, not counted
     off_path_cgroups: dict[str, Path] = field(default_factory=dict)
+    headers: tuple[str, ...] = ()  # added to each request, as "Name: value"
     samples: dict[int, list[report.Sample]] = field(default_factory=dict)
 
 
@@ -349,20 +350,23 @@ def running(
     cgroups = {name: cgroup_dir(container_id(name, vm)) for name in path_containers}
     where = f"in the VM {vm}" if vm else "on this host"
     counted = " + ".join(path_containers)
+    names = [header.split(":", 1)[0] for header in candidate.headers]
+    sent = f" with {', '.join(f'`{name}`' for name in names)}" if names else ""
     if mode == "netns":
         path = (
             f"wrk in the network namespace of `{endpoint.container}` ({where}) → "
-            f"127.0.0.1:{endpoint.inner_port}; CPU counted: {counted}"
+            f"127.0.0.1:{endpoint.inner_port}{sent}; CPU counted: {counted}"
         )
         return Running(candidate.number, candidate.key, candidate.title, endpoint.inner_url,
-                       cgroups[path_containers[0]], cgroups, path)  # fmt: skip
+                       cgroups[path_containers[0]], cgroups, path,
+                       headers=candidate.headers)  # fmt: skip
     proxies = "two docker-proxy hops (this host → VM → nginx)" if vm else "one docker-proxy hop"
     path = (
-        f"wrk on this host → 127.0.0.1:{endpoint.published_port}, {proxies}; "
+        f"wrk on this host → 127.0.0.1:{endpoint.published_port}{sent}, {proxies}; "
         f"CPU counted: {counted} (the proxies are not)"
     )
     return Running(candidate.number, candidate.key, candidate.title, endpoint.published_url,
-                   None, cgroups, path)  # fmt: skip
+                   None, cgroups, path, headers=candidate.headers)  # fmt: skip
 
 
 def stack_endpoint(args: argparse.Namespace, number: int) -> tuple[Endpoint, list[str]]:
@@ -441,13 +445,14 @@ class CanaryRouting:
 # --- load and memory ------------------------------------------------------------------
 
 
-def run_wrk(
-    url: str, connections: int, duration_s: int, netns_cgroup: Path | None
-) -> tuple[report.LoadResult, str]:
+def run_wrk(candidate: Running, connections: int, duration_s: int) -> tuple[report.LoadResult, str]:
+    headers = [arg for header in candidate.headers for arg in ("-H", header)]
     argv = [
         "wrk", "-t", str(cfg.WRK_THREADS), "-c", str(connections), "-d", f"{duration_s}s",
-        "--timeout", f"{cfg.WRK_TIMEOUT_S}s", "--latency", "-s", str(POST_SCRIPT), url,
+        "--timeout", f"{cfg.WRK_TIMEOUT_S}s", "--latency", "-s", str(POST_SCRIPT), *headers,
+        candidate.url,
     ]  # fmt: skip
+    netns_cgroup = candidate.netns_cgroup
     if netns_cgroup is not None:
         argv = ["nsenter", f"--target={a_process_of(netns_cgroup)}", "--net", *argv]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60, check=True)
@@ -459,7 +464,7 @@ def measure_once(
 ) -> report.Sample:
     cgroups = {**candidate.cpu_cgroups, **candidate.off_path_cgroups}
     before = {name: cpu_usage_us(c) for name, c in cgroups.items()}
-    load, raw = run_wrk(candidate.url, connections, args.duration, candidate.netns_cgroup)
+    load, raw = run_wrk(candidate, connections, args.duration)
     used = {name: cpu_usage_us(c) - before[name] for name, c in cgroups.items()}
     on_path = {name: used[name] for name in candidate.cpu_cgroups}
     off_path = {name: used[name] for name in candidate.off_path_cgroups}
@@ -660,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         for candidate in started:
             log(f"warm-up ({candidate.number}) {candidate.title}")
             with canary_step(canary, candidate):
-                run_wrk(candidate.url, max(args.connections), args.warmup, candidate.netns_cgroup)
+                run_wrk(candidate, max(args.connections), args.warmup)
         for round_index in range(args.rounds):
             this_round = rotation(started, round_index)
             order.append([c.number for c in this_round])
