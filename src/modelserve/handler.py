@@ -21,6 +21,9 @@ of the idle colour, on /test/predict or a colour's own port, do not. What the mo
 answers is counted per route too (``OutputStatistics``): a rollout compares a candidate's
 answers with production's on the same traffic (shadow) or the same mix (canary).
 
+Loading the model also installs ``worker_reader``'s buffered reader of TorchServe's
+worker protocol (the model config's ``buffered_reader: false`` keeps TorchServe's own).
+
 TorchServe takes a handler module with exactly one class, or a module-level ``handle``
 function. This module has several classes, so it exposes ``handle``; TorchServe calls
 it once with ``data=None`` to load the model.
@@ -41,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from modelserve import worker_reader
 from modelserve.buckets import DEFAULT_EDGES, BucketCounts, le_label
 from modelserve.parsing import InvalidInput, data_row
 
@@ -347,6 +351,16 @@ def output_statistics_settings(config: object) -> OutputStatistics:
         return OutputStatistics()
 
 
+def buffered_reader_wanted(config: object) -> bool:
+    """The model config's ``buffered_reader`` (default true); a value that is not a
+    boolean is logged and the default used."""
+    wanted = handler_section(config).get("buffered_reader", True)
+    if not isinstance(wanted, bool):
+        logger.error("buffered_reader must be true or false, got %r; using true", wanted)
+        return True
+    return wanted
+
+
 def handler_section(config: object) -> dict[str, Any]:
     """The ``handler:`` section of the model config, or {} when there is none."""
     section = config.get("handler", {}) if isinstance(config, dict) else {}
@@ -382,6 +396,8 @@ class ModelHandler:
         class_name = handler_section(context.model_yaml_config).get("model_class")
         self.model = load_model(Path(model_dir), class_name, weights_file(context.manifest))
         logger.info("loaded %s from %s", type(self.model).__name__, model_dir)
+        if buffered_reader_wanted(context.model_yaml_config):
+            worker_reader.install()
         self.input_statistics, interval = input_statistics_settings(context.model_yaml_config)
         self.output_statistics = output_statistics_settings(context.model_yaml_config)
         statistics = (self.input_statistics, self.output_statistics)

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
+from ts.protocol import otf_message_handler
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / "files" / "model"
@@ -30,3 +33,15 @@ settings.register_profile(
 )
 settings.register_profile("thorough", settings.get_profile("unit"), max_examples=5000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "unit"))
+
+# TorchServe's own worker reader, before any test loads the handler (which replaces it).
+STOCK_READER = otf_message_handler._retrieve_buffer
+
+
+@pytest.fixture(autouse=True)
+def torchserve_reader_restored() -> Iterator[None]:
+    """Loading the handler installs its reader in this process's TorchServe modules, as in a
+    worker: each test starts with TorchServe's own."""
+    otf_message_handler._retrieve_buffer = STOCK_READER
+    yield
+    otf_message_handler._retrieve_buffer = STOCK_READER

@@ -9,9 +9,11 @@ import pytest
 import torch
 from conftest import MODEL_DIR
 from ts.context import Context, RequestProcessor
+from ts.protocol import otf_message_handler
 
 from modelserve import handler
 from modelserve.handler import InvalidRequest, ModelHandler, parse_row
+from modelserve.worker_reader import BufferedReader
 
 REFERENCE_BODY = b'{"data": [0.2, 0.6]}'
 REFERENCE_OUTPUT = 0.6496530771255493
@@ -415,3 +417,17 @@ def test_handler_module_has_the_entry_point_torchserve_looks_for() -> None:
     # TorchServe's loader prefers a module-level `handle`; without it, it would demand
     # exactly one class in the module, and this one has two.
     assert callable(getattr(handler, "handle", None))
+
+
+@pytest.mark.parametrize(
+    ("handler_config", "installed"),
+    [({}, True), ({"buffered_reader": True}, True), ({"buffered_reader": False}, False),
+     ({"buffered_reader": "no"}, True)],
+)  # fmt: skip
+def test_loading_installs_the_buffered_worker_reader_unless_configured_off(
+    handler_config: dict[str, object], installed: bool
+) -> None:
+    context = make_context(1)
+    context.model_yaml_config = {"handler": handler_config}
+    ModelHandler().initialize(context)
+    assert isinstance(otf_message_handler._retrieve_buffer, BufferedReader) is installed

@@ -52,6 +52,8 @@ class TorchServeSettings:
     prometheus_metrics: bool = False
     # Netty's epoll transport (use_native_io): also what a Unix-socket address needs.
     native_io: bool = False
+    # The handler's buffered reader of the worker protocol (modelserve.worker_reader).
+    buffered_reader: bool = True
 
     def override(self, assignments: dict[str, str]) -> TorchServeSettings:
         """A copy with ``name=value`` assignments applied (values parsed as YAML)."""

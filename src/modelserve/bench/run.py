@@ -151,7 +151,8 @@ def write_model_store(work: Path, settings: cfg.TorchServeSettings) -> Path:
         "startupTimeout": 120,
     }
     lines = "".join(f"{key}: {value}\n" for key, value in model_config.items())
-    (src / "model_config.yaml").write_text(f"---\n{lines}")
+    handler = f"handler: {{buffered_reader: {str(settings.buffered_reader).lower()}}}\n"
+    (src / "model_config.yaml").write_text(f"---\n{lines}{handler}")
     for path in src.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     os.chown(store, 1000, 1000)  # the image's model-server user writes the archive
