@@ -45,3 +45,12 @@ def torchserve_reader_restored() -> Iterator[None]:
     otf_message_handler._retrieve_buffer = STOCK_READER
     yield
     otf_message_handler._retrieve_buffer = STOCK_READER
+
+
+@pytest.fixture(scope="module")
+def bodies_left_undecoded() -> Iterator[None]:
+    """TorchServe's worker as the torchserve role configures it (decode_input_request=false):
+    it hands a JSON body on as bytes, undecoded."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TS_DECODE_INPUT_REQUEST", "false")
+        yield

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
@@ -12,14 +11,8 @@ from ts.protocol import otf_message_handler
 
 from modelserve.bench import worker_headers
 
-
-@pytest.fixture(autouse=True, scope="module")
-def bodies_left_undecoded() -> Iterator[None]:
-    """As the torchserve role configures TorchServe (decode_input_request=false): the worker
-    hands the body on as bytes."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TS_DECODE_INPUT_REQUEST", "false")
-        yield
+# As the torchserve role configures TorchServe: the worker hands the body on as bytes.
+pytestmark = pytest.mark.usefixtures("bodies_left_undecoded")
 
 
 header_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)

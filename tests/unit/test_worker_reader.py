@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
@@ -17,14 +16,8 @@ from modelserve import worker_reader
 from modelserve.bench.worker_headers import encode_request
 from modelserve.worker_reader import BufferedReader
 
-
-@pytest.fixture(autouse=True, scope="module")
-def bodies_left_undecoded() -> Iterator[None]:
-    """As the torchserve role configures TorchServe (decode_input_request=false): the worker
-    hands the body on as bytes."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TS_DECODE_INPUT_REQUEST", "false")
-        yield
+# As the torchserve role configures TorchServe: the worker hands the body on as bytes.
+pytestmark = pytest.mark.usefixtures("bodies_left_undecoded")
 
 
 class ChunkedConnection:
