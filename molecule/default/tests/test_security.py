@@ -205,7 +205,8 @@ def test_containers_have_memory_limits_and_read_only_config(host) -> None:
         info = json.loads(host.check_output(f"docker inspect {name}"))[0]
         assert info["HostConfig"]["Memory"] > 0, name
         config_mounts = [m for m in info["Mounts"] if "/opt/modelserve" in m["Source"]]
-        writable = [m["Destination"] for m in config_mounts if m["RW"]]
+        # Docker lists a container's mounts in no fixed order.
+        writable = sorted(m["Destination"] for m in config_mounts if m["RW"])
         # Prometheus's data; TorchServe's working directory, where it writes its keys, and
         # its inference socket's directory.
         torchserve = ["/home/model-server/keys", "/home/model-server/socket"]
