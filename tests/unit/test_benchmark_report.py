@@ -103,7 +103,7 @@ def sample(rps: float, failed: int = 0, p99_ms: float = 50.0, cpu_us_per_request
 
 
 def full_run(rounds: int = 3) -> report.Results:
-    """Six candidates, the same figures in every round."""
+    """Seven candidates, the same figures in every round."""
     figures = {
         1: {100: (8000, 0, 10, 20), 200: (8000, 0, 10, 20)},
         2: {100: (1600, 0, 90, 400), 200: (900, 9000, 900, 500)},
@@ -111,6 +111,7 @@ def full_run(rounds: int = 3) -> report.Results:
         4: {100: (2500, 0, 40, 300), 200: (2500, 0, 50, 300)},
         5: {100: (2200, 0, 80, 330), 200: (2100, 0, 90, 340)},
         6: {100: (1900, 0, 85, 380), 200: (1800, 0, 95, 390)},
+        8: {100: (2400, 0, 45, 320), 200: (2300, 0, 55, 320)},
     }
     return {
         n: {c: [sample(*f) for _ in range(rounds)] for c, f in runs.items()}
@@ -203,7 +204,7 @@ def test_tables() -> None:
     results[2][200][0] = sample(700, failed=9000, p99_ms=700, cpu_us_per_request=450)
     titles = {n: f"candidate {n}" for n in results}
     table = report.results_table(titles, results)
-    assert table.count("\n") == 2 + 2 * 6 - 1
+    assert table.count("\n") == 2 + 2 * 7 - 1
     assert (
         "| 2 | candidate 2 | 200 | 3 | 900 (700-900) | 500 (450-500) | "
         "900.0 (700.0-900.0) | 27,000 |" in table
@@ -211,6 +212,9 @@ def test_tables() -> None:
     ratios = report.ratios_table(results)
     assert "| (5)/(4) | 0.88 | 1.10 | 0.84 | 1.13 |" in ratios
     assert "| (6)/(5) | 0.86 | 1.15 | 0.86 | 1.15 |" in ratios
+    # The proxy floor against TorchServe alone, and the stack against the proxy floor.
+    assert "| (8)/(4) | 0.96 | 1.07 | 0.92 | 1.07 |" in ratios
+    assert "| (5)/(8) | 0.92 | 1.03 | 0.91 | 1.06 |" in ratios
     targets = report.targets_table(report.targets(results, None))
     assert "not measured" in targets and "**no**" not in targets
     memory = report.memory_table({"idle": {"a": 1024**2}, "under load": {"a": 3 * 1024**2}})
@@ -304,7 +308,8 @@ def test_the_readme_shows_the_published_results_unedited() -> None:
 
 def test_chart_is_a_png(tmp_path: Path) -> None:
     path = tmp_path / "chart.png"
-    report.write_chart(path, {n: f"c{n}" for n in range(1, 7)}, full_run())
+    results = full_run()
+    report.write_chart(path, {n: f"c{n}" for n in results}, results)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -355,7 +360,7 @@ def test_reference_settings_are_the_reference_projects() -> None:
     ref = candidates.REFERENCE_TORCHSERVE
     assert (ref.workers, ref.batch_size, ref.job_queue_size) == (1, 1, None)
     numbers = [c.number for c in candidates.candidates(candidates.tuned_torchserve())]
-    assert numbers == [1, 2, 3, 4, 5, 6, 7]
+    assert numbers == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 NGINX_SITE = candidates.REPO / "roles" / "nginx" / "templates" / "modelserve.conf.j2"
@@ -379,6 +384,27 @@ def test_tuned_torchserve_is_sent_what_nginx_forwards_to_production() -> None:
     added = dict(header.split(": ", 1) for header in tuned.headers)
     assert set(added) == set(forwarded) - sent_by_wrk_itself
     assert added["X-Modelserve-Route"] == "production"  # so the handler counts its inputs
+
+
+def test_the_proxy_floor_sends_torchserve_what_production_does_and_nothing_more() -> None:
+    config = run.proxy_floor_config(candidates.nginx_settings())
+    sent = dict(re.findall(r"^ +proxy_set_header (\S+) (.+);$", config, re.MULTILINE))
+    forwarded = forwarded_to_production(NGINX_SITE.read_text())
+    assert {name for name, value in sent.items() if value != '""'} == set(forwarded)
+    assert sent["X-Modelserve-Route"] == '"production"'
+    assert "proxy_pass_request_headers off;" in config
+    assert f"server unix:{run.SOCKET_DIR}/inference.sock" in config
+    # Nothing of the stack's own per-request work: no log, retry, rate limit or rule.
+    for directive in ("access_log /", "error_page", "limit_req", "add_header", "if (", "map "):
+        assert directive not in config
+    floor = next(c for c in candidates.candidates(candidates.tuned_torchserve()) if c.number == 8)
+    assert floor.torchserve == candidates.tuned_torchserve() and floor.headers == ()
+    assert run.candidate_containers(floor) == [
+        "modelserve-benchmark-proxy-floor",
+        "modelserve-benchmark-proxy-floor-torchserve",
+    ]
+    on_socket = run.torchserve_properties(floor.torchserve, f"unix:{run.SOCKET_DIR}/inference.sock")
+    assert f"inference_address=unix:{run.SOCKET_DIR}/inference.sock" in on_socket.splitlines()
 
 
 def test_wrk_adds_a_candidates_headers(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -196,4 +196,11 @@ def candidates(tuned: TorchServeSettings) -> tuple[Candidate, ...]:
             "stack-canary",
             f"our stack in a canary step, {canary_weight()} % of /predict on the idle colour",
         ),
+        # nginx adds production's headers itself, as the stack's does.
+        Candidate(
+            8,
+            "proxy-floor",
+            "TorchServe, our settings, behind a bare nginx on its socket (proxy floor)",
+            tuned,
+        ),
     )

@@ -53,7 +53,10 @@ FASTAPI_SPEC = build_images.ImageSpec(
     "fastapi", "modelserve-local/fastapi-bench:latest", offline=False, root=DATA_DIR / "images"
 )
 CONTAINER_PREFIX = "modelserve-benchmark-"
-HOST_PORT = {1: 18181, 2: 18182, 3: 18183, 4: 18184}
+HOST_PORT = {1: 18181, 2: 18182, 3: 18183, 4: 18184, 8: 18188}
+# The proxy floor (8): TorchServe's socket, in a directory both of its containers mount.
+SOCKET_DIR = "/sock"
+FLOOR_TORCHSERVE_SUFFIX = "-torchserve"
 MODEL_NAME = "model"
 # The stack's containers that work per request off the request path: mtail reads every
 # line nginx logs (the route_metrics role).
@@ -169,9 +172,11 @@ def write_model_store(work: Path, settings: cfg.TorchServeSettings) -> Path:
     return store
 
 
-def torchserve_properties(settings: cfg.TorchServeSettings) -> str:
+def torchserve_properties(
+    settings: cfg.TorchServeSettings, inference_address: str = "http://0.0.0.0:8080"
+) -> str:
     lines = [
-        "inference_address=http://0.0.0.0:8080",
+        f"inference_address={inference_address}",
         "management_address=http://127.0.0.1:8081",
         "metrics_address=http://127.0.0.1:8082",
         "disable_token_authorization=true",
@@ -209,11 +214,18 @@ def log_config(settings: cfg.TorchServeSettings) -> str:
 
 
 def start_torchserve(
-    name: str, port: int, work: Path, settings: cfg.TorchServeSettings
+    name: str,
+    port: int,
+    work: Path,
+    settings: cfg.TorchServeSettings,
+    socket_dir: Path | None = None,
 ) -> Endpoint:
+    """TorchServe with ``settings``: on TCP, published on ``port``; or, given ``socket_dir``,
+    on a Unix socket there (as the torchserve role serves nginx), with nothing published."""
     store = write_model_store(work, settings)
     properties = work / "config.properties"
-    properties.write_text(torchserve_properties(settings))
+    address = f"unix:{SOCKET_DIR}/inference.sock" if socket_dir else "http://0.0.0.0:8080"
+    properties.write_text(torchserve_properties(settings, address))
     mounts = [
         f"--mount=type=bind,source={properties},target=/home/model-server/config.properties,readonly",
         f"--mount=type=bind,source={store},target=/home/model-server/model-store,readonly",
@@ -226,9 +238,17 @@ def start_torchserve(
         mounts.append(f"--mount=type=bind,source={log4j2},target={LOG_CONFIG},readonly")
         options.append(f"--log-config={LOG_CONFIG}")
     properties.chmod(0o644)
+    if socket_dir is None:
+        where = [f"--publish=127.0.0.1:{port}:8080"]
+        entrypoint = ["--entrypoint=torchserve", TORCHSERVE_IMAGE]
+    else:
+        # A socket nginx's user may connect to: the torchserve role starts it the same way.
+        where = [f"--volume={socket_dir}:{SOCKET_DIR}", "--network=none"]
+        entrypoint = ["--entrypoint=/bin/sh", TORCHSERVE_IMAGE, "-c",
+                      'umask 0000 && exec torchserve "$@"', "torchserve"]  # fmt: skip
     docker(
-        "run", "-d", f"--name={name}", f"--publish=127.0.0.1:{port}:8080", *mounts,
-        "--entrypoint=torchserve", TORCHSERVE_IMAGE, "--start", "--foreground", *options,
+        "run", "-d", f"--name={name}", *where, *mounts, *entrypoint,
+        "--start", "--foreground", *options,
     )  # fmt: skip
     return Endpoint(name, port, 8080, f"/predictions/{MODEL_NAME}")
 
@@ -244,12 +264,9 @@ def start_fastapi(name: str, port: int) -> Endpoint:
     return Endpoint(name, port, 8000, "/predict")
 
 
-def start_nginx_floor(name: str, port: int, work: Path, nginx: cfg.NginxSettings) -> Endpoint:
-    """nginx with the role's connection settings, answering a fixed JSON body itself."""
-    conf = work / "nginx.conf"
-    conf.parent.mkdir(parents=True, exist_ok=True)
-    conf.write_text(
-        f"""user nginx;
+def bare_nginx_config(nginx: cfg.NginxSettings, servers: str) -> str:
+    """nginx.conf with the nginx role's connection settings, no log, and ``servers``."""
+    return f"""user nginx;
 worker_processes {nginx.worker_processes};
 worker_rlimit_nofile {nginx.worker_connections * 2};
 error_log /var/log/nginx/error.log warn;
@@ -260,12 +277,23 @@ http {{
     access_log off;
     tcp_nodelay on;
     keepalive_timeout {nginx.keepalive_timeout};
-    server {{
-        listen 80 default_server;
-        location = /predict {{ return 200 '{{"output": 0.6496530771255493}}\\n'; }}
-    }}
-}}
+{servers}}}
 """
+
+
+def start_nginx_floor(name: str, port: int, work: Path, nginx: cfg.NginxSettings) -> Endpoint:
+    """nginx with the role's connection settings, answering a fixed JSON body itself."""
+    conf = work / "nginx.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(
+        bare_nginx_config(
+            nginx,
+            """    server {
+        listen 80 default_server;
+        location = /predict { return 200 '{"output": 0.6496530771255493}\\n'; }
+    }
+""",
+        )
     )
     conf.chmod(0o644)
     docker(
@@ -274,6 +302,63 @@ http {{
         NGINX_IMAGE,
     )  # fmt: skip
     return Endpoint(name, port, 80, "/predict")
+
+
+def proxy_floor_config(nginx: cfg.NginxSettings) -> str:
+    """nginx.conf of the proxy floor (8): the role's connection settings and what production
+    sends TorchServe (its headers, on its socket, over kept-alive connections), and nothing
+    else: no log, no retry, no rule. What any nginx hop in front of TorchServe costs here."""
+    added = "".join(
+        f'            proxy_set_header {name} "{value}";\n'
+        for name, value in (header.split(": ", 1) for header in cfg.PRODUCTION_HEADERS)
+    )
+    return bare_nginx_config(
+        nginx,
+        f"""    upstream torchserve {{
+        server unix:{SOCKET_DIR}/inference.sock max_fails=0;
+        keepalive {nginx.upstream_keepalive};
+    }}
+    server {{
+        listen 80 default_server;
+        location = /predict {{
+            proxy_http_version 1.1;
+            proxy_pass_request_headers off;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+{added}            proxy_set_header Content-Type "application/json";
+            proxy_pass http://torchserve/predictions/{MODEL_NAME};
+        }}
+    }}
+""",
+    )
+
+
+def start_proxy_floor(
+    name: str, port: int, work: Path, nginx: cfg.NginxSettings, settings: cfg.TorchServeSettings
+) -> Endpoint:
+    """(8): TorchServe with ``settings`` on a Unix socket, behind a bare nginx."""
+    sockets = work / "sockets"
+    sockets.mkdir(parents=True, exist_ok=True)
+    os.chown(sockets, 1000, 1000)  # the image's model-server user creates the socket
+    start_torchserve(name + FLOOR_TORCHSERVE_SUFFIX, port, work / "torchserve", settings, sockets)
+    conf = work / "nginx.conf"
+    conf.write_text(proxy_floor_config(nginx))
+    conf.chmod(0o644)
+    docker(
+        "run", "-d", f"--name={name}", f"--publish=127.0.0.1:{port}:80",
+        f"--volume={sockets}:{SOCKET_DIR}",
+        f"--mount=type=bind,source={conf},target=/etc/nginx/nginx.conf,readonly",
+        NGINX_IMAGE,
+    )  # fmt: skip
+    return Endpoint(name, port, 80, "/predict")
+
+
+def candidate_containers(candidate: cfg.Candidate) -> list[str]:
+    """The benchmark's own containers of a candidate, the one wrk enters first."""
+    name = CONTAINER_PREFIX + candidate.key
+    if candidate.number == report.PROXY_FLOOR:
+        return [name, name + FLOOR_TORCHSERVE_SUFFIX]
+    return [name]
 
 
 # --- request paths: where the load generator stands, which cgroups are counted --------
@@ -535,7 +620,7 @@ def machine() -> dict[str, object]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", type=int, nargs="+", choices=range(1, 8), metavar="N")
+    parser.add_argument("--only", type=int, nargs="+", choices=range(1, 9), metavar="N")
     parser.add_argument("--connections", type=int, nargs="+", default=list(cfg.CONNECTIONS))
     parser.add_argument("--rounds", type=int, default=cfg.ROUNDS, help="interleaved rounds")
     parser.add_argument("--duration", type=int, default=cfg.DURATION_S, help="s per wrk run")
@@ -552,7 +637,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="override a setting of candidate 4 (e.g. batch_size=16), for trying one out",
+        help="override a setting of candidates 4 and 8 (e.g. batch_size=16), for trying one out",
     )
     parser.add_argument("--label", default="", help="a note stored with the results")
     parser.add_argument(
@@ -585,18 +670,22 @@ def start_candidates(
             }
             started.append(stack)
             continue
-        name = CONTAINER_PREFIX + candidate.key
+        containers = candidate_containers(candidate)
+        name = containers[0]
         port = HOST_PORT[candidate.number]
         work = args.out / "work" / candidate.key
-        remove_container(name)
+        for container in containers:
+            remove_container(container)
         log(f"starting ({candidate.number}) {candidate.title}")
-        if candidate.torchserve is not None:
+        if candidate.number == report.PROXY_FLOOR and candidate.torchserve is not None:
+            endpoint = start_proxy_floor(name, port, work, nginx, candidate.torchserve)
+        elif candidate.torchserve is not None:
             endpoint = start_torchserve(name, port, work, candidate.torchserve)
         elif candidate.key == "fastapi":
             endpoint = start_fastapi(name, port)
         else:
             endpoint = start_nginx_floor(name, port, work, nginx)
-        started.append(running(candidate, endpoint, args.path, [name]))
+        started.append(running(candidate, endpoint, args.path, containers))
     for candidate in started:
         if candidate.number not in report.STACKS:
             wait_until_serving(candidate_published_url(candidate, args))
@@ -682,13 +771,14 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"production's routing is back in its file, but nginx did not reload: {err}")
         for candidate in chosen:
             if candidate.number not in report.STACKS:
-                name = CONTAINER_PREFIX + candidate.key
-                logs = docker("logs", "--tail", "300", name, check=False)
-                (args.out / "logs").mkdir(exist_ok=True)
-                (args.out / "logs" / f"{candidate.number}-{candidate.key}.log").write_text(
-                    logs.stdout + logs.stderr
-                )
-                remove_container(name)
+                for name in candidate_containers(candidate):
+                    logs = docker("logs", "--tail", "300", name, check=False)
+                    (args.out / "logs").mkdir(exist_ok=True)
+                    log_name = name.removeprefix(CONTAINER_PREFIX)
+                    (args.out / "logs" / f"{candidate.number}-{log_name}.log").write_text(
+                        logs.stdout + logs.stderr
+                    )
+                    remove_container(name)
 
     info["load_average_end"] = os.getloadavg()
     data = {
@@ -783,7 +873,9 @@ def memory_sampler(
         elif candidate.number in (report.STACK_HTTPS, report.STACK_CANARY):
             pass  # the same containers as (5)
         else:
-            candidate_memory[candidate.key] = container_rss(CONTAINER_PREFIX + candidate.key)
+            candidate_memory[candidate.key] = sum(
+                container_rss(name) for name in candidate.cpu_cgroups
+            )
 
     return delayed(args.duration / 2, sample)
 
