@@ -24,7 +24,7 @@ TORCHSERVE_VARS = REPO / "roles" / "torchserve" / "vars" / "main.yml"
 # once per round, in an order that rotates, so a co-tenant's burst spreads over them.
 CONNECTIONS = (100, 200)
 ROUNDS = 5
-DURATION_S = 7
+DURATION_S = 6  # 8 candidates x 2 connection counts x 5 rounds: about 10 minutes in all
 WARMUP_S = 3
 WRK_THREADS = 2
 WRK_TIMEOUT_S = 5
