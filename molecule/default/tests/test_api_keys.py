@@ -105,12 +105,13 @@ def test_keys_are_required_when_set_and_never_logged(host, tmp_path: Path) -> No
 def test_a_malformed_key_fails_the_converge_without_showing_it(host, tmp_path: Path) -> None:
     """Short, or with a character a header or nginx's map would mangle (a vaulted string's
     trailing newline included): the converge
-    names the key's position, never its value, and nothing is written."""
+    names each such key's position, never a value, and nothing is written. One converge
+    for them all, between good keys, so that each is refused by its own position."""
     malformed = ["short-key", "x" * 31 + ' "quoted"', "k" * 40 + ";", "n" * 40 + "\n"]
-    for bad in malformed:
-        result = converge_with_keys(tmp_path, [KEYS[0], bad])
-        assert result.returncode != 0
-        assert "nginx_api_keys: key(s) number 2 of 2" in result.output, result.output[-2000:]
-        assert bad not in result.output and KEYS[0] not in result.output
-        assert not host.file(KEYS_FILE).exists
+    result = converge_with_keys(tmp_path, [KEYS[0], *malformed, KEYS[1]])
+    assert result.returncode != 0
+    assert "nginx_api_keys: key(s) number 2, 3, 4, 5 of 6" in result.output, result.output[-2000:]
+    for key in [*malformed, *KEYS]:
+        assert key not in result.output
+    assert not host.file(KEYS_FILE).exists
     assert predict("/predict").status_code == 200

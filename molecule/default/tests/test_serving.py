@@ -22,6 +22,7 @@ from conftest import (
     colour_port,
     idle_colour,
     predict,
+    put_in_production,
     run_playbook,
     torchserve_key,
 )
@@ -35,11 +36,11 @@ OTHER = idle_colour(INITIAL)
 
 
 @pytest.fixture
-def initial_is_production():
+def initial_is_production(host):
     """Start, and leave the VM, with the initial colour in production, as the converge left it."""
-    assert run_playbook("swap.yml", "-e", f"target={INITIAL}").returncode == 0
+    put_in_production(host, INITIAL)
     yield
-    assert run_playbook("swap.yml", "-e", f"target={INITIAL}").returncode == 0
+    put_in_production(host, INITIAL)
 
 
 @pytest.mark.parametrize("route", ["/predict", "/test/predict"])
