@@ -469,6 +469,16 @@ def test_configuration_defaults() -> None:
     assert config.features == FEATURES
     assert config.metrics_port == 8000
     assert dict(config.edges) == EDGES
+    # A trickle of rows is fetched in one request a second, not one request per row.
+    assert (config.fetch_max_wait_ms, config.fetch_min_bytes) == (1000, 65536)
+
+
+def test_a_fetch_must_end_before_its_request_times_out() -> None:
+    env = {"DRIFT_FETCH_MAX_WAIT_MS": "1000", "DRIFT_REQUEST_TIMEOUT_MS": "1000"}
+    with pytest.raises(ConfigError, match=r"DRIFT_REQUEST_TIMEOUT_MS \(1000\) must be above"):
+        dc.ConsumerConfig.from_env(env)
+    env["DRIFT_FETCH_MAX_WAIT_MS"] = "999"
+    assert dc.ConsumerConfig.from_env(env).fetch_max_wait_ms == 999
 
 
 def test_bucket_edges_from_json() -> None:
@@ -487,6 +497,8 @@ def test_bucket_edges_from_json() -> None:
         {"DRIFT_FEATURES": "x1,x1"},
         {"DRIFT_BUCKET_EDGES": "[0.3, 0.1]"},
         {"DRIFT_BACKOFF_MAX_S": "nan"},
+        {"DRIFT_FETCH_MIN_BYTES": "0"},
+        {"DRIFT_FETCH_MAX_WAIT_MS": "30000"},
     ],
 )
 def test_bad_configuration_exits_2(env: dict[str, str]) -> None:

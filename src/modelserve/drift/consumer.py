@@ -22,6 +22,8 @@ DRIFT_SESSION_TIMEOUT_MS        10000                kafka session_timeout_ms (s
 DRIFT_MAX_POLL_RECORDS          500                  records per poll, i.e. per state save
 DRIFT_POLL_TIMEOUT_MS           1000                 longest wait in one poll (stop latency)
 DRIFT_REQUEST_TIMEOUT_MS        30000                kafka request_timeout_ms (commit, close)
+DRIFT_FETCH_MAX_WAIT_MS         1000                 kafka fetch_max_wait_ms: a fetch waits
+DRIFT_FETCH_MIN_BYTES           65536                this long for this many bytes (see below)
 DRIFT_BACKOFF_INITIAL_S         1                    first wait after a broker error ...
 DRIFT_BACKOFF_MAX_S             30                   ... doubling up to this
 DRIFT_LOG_LEVEL                 INFO                 our log level
@@ -103,6 +105,13 @@ Group join: ``session_timeout_ms`` bounds how long a SIGKILLed member keeps its
 partitions. With the Tansu broker a join also takes about half of the session timeout
 (measured: 45 s session -> 23 s join, 6 s -> 3 s; max_poll_interval_ms made no
 difference), hence the 10 s default; kafka-python's heartbeat is set to a third of it.
+
+Fetching: a fetch waits up to DRIFT_FETCH_MAX_WAIT_MS for DRIFT_FETCH_MIN_BYTES, so a
+trickle of rows (the producer's 10 a second) costs one fetch and one commit a second, not
+one per row. Each request costs the Kafka stand-in (Tansu, in memory) more as it holds
+more rows: measured with its binary, a fetch and commit per row took 1.2 ms of its CPU per
+row at 3,000 rows and 4.2 ms at 15,000; one per ten rows 0.18 and 0.44 ms. A row reaches
+the statistics up to a second later, which drift detection over minutes does not see.
 
 SIGTERM / SIGINT: the current batch is finished and saved, offsets committed, the
 consumer closed (leaving the group), and the process exits 0 - within about a second,
@@ -458,6 +467,8 @@ class ConsumerConfig:
     max_poll_records: int = 500
     poll_timeout_ms: int = 1000
     request_timeout_ms: int = 30000
+    fetch_max_wait_ms: int = 1000
+    fetch_min_bytes: int = 65536
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 30.0
 
@@ -479,11 +490,16 @@ class ConsumerConfig:
             max_poll_records=env_int(env, "DRIFT_MAX_POLL_RECORDS", 500, minimum=1),
             poll_timeout_ms=env_int(env, "DRIFT_POLL_TIMEOUT_MS", 1000, minimum=0),
             request_timeout_ms=env_int(env, "DRIFT_REQUEST_TIMEOUT_MS", 30000, minimum=1000),
+            fetch_max_wait_ms=env_int(env, "DRIFT_FETCH_MAX_WAIT_MS", 1000, minimum=0),
+            fetch_min_bytes=env_int(env, "DRIFT_FETCH_MIN_BYTES", 65536, minimum=1),
             backoff_initial_s=env_float(env, "DRIFT_BACKOFF_INITIAL_S", 1.0, minimum=0.0),
             backoff_max_s=env_float(env, "DRIFT_BACKOFF_MAX_S", 30.0, minimum=0.0),
         )
-        if config.request_timeout_ms <= 500:  # kafka-python: must exceed fetch_max_wait_ms
-            raise ConfigError("DRIFT_REQUEST_TIMEOUT_MS must be above 500")
+        if config.request_timeout_ms <= config.fetch_max_wait_ms:  # kafka-python's rule
+            raise ConfigError(
+                f"DRIFT_REQUEST_TIMEOUT_MS ({config.request_timeout_ms}) must be above "
+                f"DRIFT_FETCH_MAX_WAIT_MS ({config.fetch_max_wait_ms})"
+            )
         return config
 
 
@@ -505,6 +521,10 @@ def build_consumer(config: ConsumerConfig) -> Any:
         heartbeat_interval_ms=max(1, config.session_timeout_ms // 3),
         max_poll_records=config.max_poll_records,
         request_timeout_ms=config.request_timeout_ms,
+        # Rows come in a trickle: one fetch a second takes them all, where a fetch per row
+        # costs the broker a request each (the stand-in's grows with what it holds).
+        fetch_max_wait_ms=config.fetch_max_wait_ms,
+        fetch_min_bytes=config.fetch_min_bytes,
         # Keep bootstrap short so the outer loop (which logs and counts) sees an outage.
         bootstrap_timeout_ms=min(config.request_timeout_ms, 5000),
         reconnect_backoff_max_ms=int(max(config.backoff_max_s, 0.05) * 1000),
