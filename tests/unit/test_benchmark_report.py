@@ -393,7 +393,7 @@ def test_the_proxy_floor_sends_torchserve_what_production_does_and_nothing_more(
     assert {name for name, value in sent.items() if value != '""'} == set(forwarded)
     assert sent["X-Modelserve-Route"] == '"production"'
     assert "proxy_pass_request_headers off;" in config
-    assert f"server unix:{run.SOCKET_DIR}/inference.sock" in config
+    assert f"server unix:{run.INFERENCE_SOCKET} " in config
     # Nothing of the stack's own per-request work: no log, retry, rate limit or rule.
     for directive in ("access_log /", "error_page", "limit_req", "add_header", "if (", "map "):
         assert directive not in config
@@ -403,8 +403,8 @@ def test_the_proxy_floor_sends_torchserve_what_production_does_and_nothing_more(
         "modelserve-benchmark-proxy-floor",
         "modelserve-benchmark-proxy-floor-torchserve",
     ]
-    on_socket = run.torchserve_properties(floor.torchserve, f"unix:{run.SOCKET_DIR}/inference.sock")
-    assert f"inference_address=unix:{run.SOCKET_DIR}/inference.sock" in on_socket.splitlines()
+    on_socket = run.torchserve_properties(floor.torchserve, f"unix:{run.INFERENCE_SOCKET}")
+    assert f"inference_address=unix:{run.INFERENCE_SOCKET}" in on_socket.splitlines()
 
 
 def test_wrk_adds_a_candidates_headers(monkeypatch: pytest.MonkeyPatch) -> None:

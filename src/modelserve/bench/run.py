@@ -56,6 +56,8 @@ CONTAINER_PREFIX = "modelserve-benchmark-"
 HOST_PORT = {1: 18181, 2: 18182, 3: 18183, 4: 18184, 8: 18188}
 # The proxy floor (8): TorchServe's socket, in a directory both of its containers mount.
 SOCKET_DIR = "/sock"
+INFERENCE_SOCKET = f"{SOCKET_DIR}/inference.sock"
+INFERENCE_TCP = "http://0.0.0.0:8080"
 FLOOR_TORCHSERVE_SUFFIX = "-torchserve"
 MODEL_NAME = "model"
 # The stack's containers that work per request off the request path: mtail reads every
@@ -173,7 +175,7 @@ def write_model_store(work: Path, settings: cfg.TorchServeSettings) -> Path:
 
 
 def torchserve_properties(
-    settings: cfg.TorchServeSettings, inference_address: str = "http://0.0.0.0:8080"
+    settings: cfg.TorchServeSettings, inference_address: str = INFERENCE_TCP
 ) -> str:
     lines = [
         f"inference_address={inference_address}",
@@ -224,7 +226,7 @@ def start_torchserve(
     on a Unix socket there (as the torchserve role serves nginx), with nothing published."""
     store = write_model_store(work, settings)
     properties = work / "config.properties"
-    address = f"unix:{SOCKET_DIR}/inference.sock" if socket_dir else "http://0.0.0.0:8080"
+    address = f"unix:{INFERENCE_SOCKET}" if socket_dir else INFERENCE_TCP
     properties.write_text(torchserve_properties(settings, address))
     mounts = [
         f"--mount=type=bind,source={properties},target=/home/model-server/config.properties,readonly",
@@ -283,21 +285,23 @@ http {{
 
 def start_nginx_floor(name: str, port: int, work: Path, nginx: cfg.NginxSettings) -> Endpoint:
     """nginx with the role's connection settings, answering a fixed JSON body itself."""
-    conf = work / "nginx.conf"
-    conf.parent.mkdir(parents=True, exist_ok=True)
-    conf.write_text(
-        bare_nginx_config(
-            nginx,
-            """    server {
+    servers = """    server {
         listen 80 default_server;
         location = /predict { return 200 '{"output": 0.6496530771255493}\\n'; }
     }
-""",
-        )
-    )
+"""
+    return start_nginx(name, port, work, bare_nginx_config(nginx, servers))
+
+
+def start_nginx(name: str, port: int, work: Path, config: str, *volumes: str) -> Endpoint:
+    """nginx running ``config`` (its nginx.conf), published on ``port``, with ``volumes``."""
+    conf = work / "nginx.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(config)
     conf.chmod(0o644)
     docker(
         "run", "-d", f"--name={name}", f"--publish=127.0.0.1:{port}:80",
+        *(f"--volume={volume}" for volume in volumes),
         f"--mount=type=bind,source={conf},target=/etc/nginx/nginx.conf,readonly",
         NGINX_IMAGE,
     )  # fmt: skip
@@ -315,7 +319,7 @@ def proxy_floor_config(nginx: cfg.NginxSettings) -> str:
     return bare_nginx_config(
         nginx,
         f"""    upstream torchserve {{
-        server unix:{SOCKET_DIR}/inference.sock max_fails=0;
+        server unix:{INFERENCE_SOCKET} max_fails=0;
         keepalive {nginx.upstream_keepalive};
     }}
     server {{
@@ -341,16 +345,7 @@ def start_proxy_floor(
     sockets.mkdir(parents=True, exist_ok=True)
     os.chown(sockets, 1000, 1000)  # the image's model-server user creates the socket
     start_torchserve(name + FLOOR_TORCHSERVE_SUFFIX, port, work / "torchserve", settings, sockets)
-    conf = work / "nginx.conf"
-    conf.write_text(proxy_floor_config(nginx))
-    conf.chmod(0o644)
-    docker(
-        "run", "-d", f"--name={name}", f"--publish=127.0.0.1:{port}:80",
-        f"--volume={sockets}:{SOCKET_DIR}",
-        f"--mount=type=bind,source={conf},target=/etc/nginx/nginx.conf,readonly",
-        NGINX_IMAGE,
-    )  # fmt: skip
-    return Endpoint(name, port, 80, "/predict")
+    return start_nginx(name, port, work, proxy_floor_config(nginx), f"{sockets}:{SOCKET_DIR}")
 
 
 def candidate_containers(candidate: cfg.Candidate) -> list[str]:
