@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry, generate_latest
@@ -479,6 +481,32 @@ def test_a_fetch_must_end_before_its_request_times_out() -> None:
         dc.ConsumerConfig.from_env(env)
     env["DRIFT_FETCH_MAX_WAIT_MS"] = "999"
     assert dc.ConsumerConfig.from_env(env).fetch_max_wait_ms == 999
+
+
+KAFKA_SETTINGS = [
+    "DRIFT_MAX_POLL_INTERVAL_MS",
+    "DRIFT_SESSION_TIMEOUT_MS",
+    "DRIFT_MAX_POLL_RECORDS",
+    "DRIFT_REQUEST_TIMEOUT_MS",
+    "DRIFT_FETCH_MAX_WAIT_MS",
+    "DRIFT_FETCH_MIN_BYTES",
+]
+
+
+@pytest.mark.parametrize("name", KAFKA_SETTINGS)
+@given(value=st.integers(min_value=2**31, max_value=2**70))
+def test_kafka_settings_beyond_32_bits_are_refused_by_name(name: str, value: int) -> None:
+    """kafka-python sends them as 32-bit fields: a larger one failed every request."""
+    with pytest.raises(ConfigError, match=f"{name} must be <= {2**31 - 1}"):
+        dc.ConsumerConfig.from_env({name: str(value)})
+
+
+@given(port=st.integers(min_value=65536, max_value=2**40))
+def test_metrics_ports_beyond_65535_are_refused(port: int) -> None:
+    with pytest.raises(ConfigError, match="DRIFT_METRICS_PORT must be <= 65535"):
+        dc.ConsumerConfig.from_env({"DRIFT_METRICS_PORT": str(port)})
+    with pytest.raises(ConfigError, match="DRIFT_PRODUCER_METRICS_PORT must be <= 65535"):
+        ProducerConfig.from_env({"DRIFT_PRODUCER_METRICS_PORT": str(port)})
 
 
 def test_bucket_edges_from_json() -> None:

@@ -137,6 +137,8 @@ from modelserve.buckets import BucketCounts
 from modelserve.parsing import REASONS, InvalidInput, named_row
 
 from .envconfig import (
+    INT32_MAX,
+    PORT_MAX,
     ConfigError,
     bucket_edges,
     env_float,
@@ -450,6 +452,11 @@ def _feature_families(snap: StateSnapshot, gauge: Any) -> Iterable[Any]:
 # --------------------------------------------------------------------------- kafka
 
 
+def kafka_int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    """A setting kafka-python sends as a 32-bit field: a larger one would fail every request."""
+    return env_int(env, name, default, minimum=minimum, maximum=INT32_MAX)
+
+
 @dataclass(frozen=True)
 class ConsumerConfig:
     """Settings of the consumer, from DRIFT_* variables (see module doc)."""
@@ -483,15 +490,15 @@ class ConsumerConfig:
             features=features,
             edges=bucket_edges(env.get("DRIFT_BUCKET_EDGES"), features),
             state_file=Path(env_str(env, "DRIFT_STATE_FILE", "/var/lib/drift/state.json")),
-            metrics_port=env_int(env, "DRIFT_METRICS_PORT", 8000, minimum=0),
+            metrics_port=env_int(env, "DRIFT_METRICS_PORT", 8000, minimum=0, maximum=PORT_MAX),
             metrics_addr=env_str(env, "DRIFT_METRICS_ADDR", "0.0.0.0"),
-            max_poll_interval_ms=env_int(env, "DRIFT_MAX_POLL_INTERVAL_MS", 60000, minimum=1),
-            session_timeout_ms=env_int(env, "DRIFT_SESSION_TIMEOUT_MS", 10000, minimum=3),
-            max_poll_records=env_int(env, "DRIFT_MAX_POLL_RECORDS", 500, minimum=1),
+            max_poll_interval_ms=kafka_int(env, "DRIFT_MAX_POLL_INTERVAL_MS", 60000, 1),
+            session_timeout_ms=kafka_int(env, "DRIFT_SESSION_TIMEOUT_MS", 10000, 3),
+            max_poll_records=kafka_int(env, "DRIFT_MAX_POLL_RECORDS", 500, 1),
             poll_timeout_ms=env_int(env, "DRIFT_POLL_TIMEOUT_MS", 1000, minimum=0),
-            request_timeout_ms=env_int(env, "DRIFT_REQUEST_TIMEOUT_MS", 30000, minimum=1000),
-            fetch_max_wait_ms=env_int(env, "DRIFT_FETCH_MAX_WAIT_MS", 1000, minimum=0),
-            fetch_min_bytes=env_int(env, "DRIFT_FETCH_MIN_BYTES", 65536, minimum=1),
+            request_timeout_ms=kafka_int(env, "DRIFT_REQUEST_TIMEOUT_MS", 30000, 1000),
+            fetch_max_wait_ms=kafka_int(env, "DRIFT_FETCH_MAX_WAIT_MS", 1000, 0),
+            fetch_min_bytes=kafka_int(env, "DRIFT_FETCH_MIN_BYTES", 65536, 1),
             backoff_initial_s=env_float(env, "DRIFT_BACKOFF_INITIAL_S", 1.0, minimum=0.0),
             backoff_max_s=env_float(env, "DRIFT_BACKOFF_MAX_S", 30.0, minimum=0.0),
         )

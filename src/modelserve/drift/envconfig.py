@@ -23,8 +23,21 @@ def env_str(env: Mapping[str, str], name: str, default: str) -> str:
     return value or default
 
 
-def env_int(env: Mapping[str, str], name: str, default: int, minimum: int | None = None) -> int:
-    """An integer, optionally at least ``minimum``."""
+# Upper bounds of what settings go into: a TCP port, and Kafka's 16- and 32-bit fields
+# (kafka-python fails every request that carries a larger value).
+PORT_MAX = 65535
+INT16_MAX = 2**15 - 1
+INT32_MAX = 2**31 - 1
+
+
+def env_int(
+    env: Mapping[str, str],
+    name: str,
+    default: int,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int:
+    """An integer, optionally at least ``minimum`` and at most ``maximum``."""
     text = env_str(env, name, str(default))
     try:
         value = int(text)
@@ -32,6 +45,8 @@ def env_int(env: Mapping[str, str], name: str, default: int, minimum: int | None
         raise ConfigError(f"{name} must be an integer, got {text!r}") from None
     if minimum is not None and value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 

@@ -58,7 +58,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .envconfig import ConfigError, env_float, env_floats, env_int, env_list, env_str, setup_logging
+from .envconfig import (
+    INT16_MAX,
+    INT32_MAX,
+    PORT_MAX,
+    ConfigError,
+    env_float,
+    env_floats,
+    env_int,
+    env_list,
+    env_str,
+    setup_logging,
+)
 
 logger = logging.getLogger("drift.producer")
 T = TypeVar("T")
@@ -129,10 +140,14 @@ class ProducerConfig:
             max_messages=env_int(env, "DRIFT_MAX_MESSAGES", 0, minimum=0),
             invalid_share=invalid_share,
             seed=env_int(env, "DRIFT_SEED", 0) if seed_text else None,
-            metrics_port=env_int(env, "DRIFT_PRODUCER_METRICS_PORT", 8001, minimum=0),
+            metrics_port=env_int(
+                env, "DRIFT_PRODUCER_METRICS_PORT", 8001, minimum=0, maximum=PORT_MAX
+            ),
             metrics_addr=env_str(env, "DRIFT_METRICS_ADDR", "0.0.0.0"),
-            partitions=env_int(env, "DRIFT_PARTITIONS", 1, minimum=1),
-            replication_factor=env_int(env, "DRIFT_REPLICATION_FACTOR", 1, minimum=1),
+            partitions=env_int(env, "DRIFT_PARTITIONS", 1, minimum=1, maximum=INT32_MAX),
+            replication_factor=env_int(
+                env, "DRIFT_REPLICATION_FACTOR", 1, minimum=1, maximum=INT16_MAX
+            ),
         )
 
 
