@@ -407,6 +407,11 @@ def test_the_proxy_floor_sends_torchserve_what_production_does_and_nothing_more(
     assert f"inference_address=unix:{run.INFERENCE_SOCKET}" in on_socket.splitlines()
 
 
+def test_a_container_gone_mid_run_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="a container on the request path stopped mid-run"):
+        run.cpu_usage_us(tmp_path / "gone")
+
+
 def test_wrk_adds_a_candidates_headers(monkeypatch: pytest.MonkeyPatch) -> None:
     argvs: list[list[str]] = []
 

@@ -392,9 +392,13 @@ def cgroup_dir(cid: str) -> Path:
 def cpu_usage_us(cgroup: Path) -> int:
     """CPU time used so far by every process of ``cgroup``, in µs."""
     v2 = cgroup_v2()
-    return report.parse_cpu_usage_us(
-        (cgroup / ("cpu.stat" if v2 else "cpuacct.usage")).read_text(), v2
-    )
+    try:
+        text = (cgroup / ("cpu.stat" if v2 else "cpuacct.usage")).read_text()
+    except FileNotFoundError:
+        raise RuntimeError(
+            f"the cgroup {cgroup} is gone: a container on the request path stopped mid-run"
+        ) from None
+    return report.parse_cpu_usage_us(text, v2)
 
 
 def a_process_of(cgroup: Path) -> int:
