@@ -50,9 +50,13 @@ integration: venv
 
 # Over SSH as admin with become, as on an EC2 image; make demo keeps Docker's connection.
 # Then the same converge on Debian 13 (trixie), with the tests where the host OS shows.
+# A failure ends with the failed verify tests named (Molecule's destroy output comes after
+# pytest's summary, and a CI log may keep only its end).
+VERIFY_REPORT := $(BIN)/python -m modelserve.testbed.verify_report
 molecule: images trixie-vm ssh-keys
-	MODELSERVE_CONNECTION=ssh molecule test
-	MODELSERVE_CONNECTION=ssh molecule test -s trixie
+	rm -f .cache/verify/*.xml
+	MODELSERVE_CONNECTION=ssh molecule test || { $(VERIFY_REPORT) .cache/verify/default.xml; exit 1; }
+	MODELSERVE_CONNECTION=ssh molecule test -s trixie || { $(VERIFY_REPORT) .cache/verify/trixie.xml; exit 1; }
 
 # Not part of `make test`: needs the VM converged (make demo); takes about 10 minutes.
 # See benchmarks/README.md.
