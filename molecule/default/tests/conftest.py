@@ -233,14 +233,48 @@ def new_model(tmp_path: Path) -> tuple[Path, float]:
     return model_dir, float(expected)
 
 
-@pytest.fixture
-def restore_delivered_model(host, reference_output: float):
-    """Leave both colours serving files/model 1.0, the initial colour in production."""
-    yield
-    put_in_production(host, CONTRACT["bluegreen_initial_colour"])
+def answers_reference(route: str, reference_output: float) -> bool:
+    """Whether ``route`` answers the reference input as the delivered model does."""
+    response = predict(route)
+    return response.ok and abs(response.json()["output"] - reference_output) <= TOLERANCE
+
+
+def deploy_delivered(reference_output: float) -> None:
+    """files/model 1.0 to the idle colour."""
     restored = deploy(REPO / "files/model", "1.0", reference_output)
     assert restored.returncode == 0, restored.output
-    assert abs(predict("/test/predict").json()["output"] - reference_output) <= TOLERANCE
+
+
+@pytest.fixture
+def restore_delivered_model(host, reference_output: float):
+    """After the test, both colours serve files/model 1.0, the initial colour in production."""
+    yield
+    restore_delivered(host, reference_output)
+
+
+@pytest.fixture(scope="module")
+def restore_delivered_model_after_module(host, reference_output: float):
+    """restore_delivered_model once, after a module whose tests take any colour as it is."""
+    yield
+    restore_delivered(host, reference_output)
+
+
+def restore_delivered(host, reference_output: float) -> None:
+    """Both colours serving files/model 1.0, the initial colour in production, whichever
+    model was left on either colour."""
+    initial = CONTRACT["bluegreen_initial_colour"]
+    put_in_production(host, initial)
+    if not answers_reference("/predict", reference_output):
+        # The initial colour serves another model: production moves to the other colour
+        # once that serves 1.0, and comes back once the initial colour does too.
+        deploy_delivered(reference_output)
+        put_in_production(host, idle_colour(initial))
+        deploy_delivered(reference_output)
+        put_in_production(host, initial)
+    else:
+        deploy_delivered(reference_output)
+    for route in ("/predict", "/test/predict"):
+        assert answers_reference(route, reference_output), route
 
 
 WRK_POST = "\n".join(

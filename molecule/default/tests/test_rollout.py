@@ -32,6 +32,10 @@ from conftest import (
     user_environment,
 )
 
+# Each test takes production and the idle colour as the previous one left them (a rolled
+# back candidate stays idle until the next one replaces it): one restore for the module.
+pytestmark = pytest.mark.usefixtures("restore_delivered_model_after_module")
+
 WINDOW_S = 15
 # Two inputs in turn: the reference input (the smoke tests') and one whose first feature
 # is above 0.5, which the failing candidate refuses.
@@ -147,7 +151,6 @@ def assert_rolled_back(host, run: PlaybookRun, production: str, gate: str) -> No
     assert rollout_status() == '"rollout: none"'
 
 
-@pytest.mark.usefixtures("restore_delivered_model")
 def test_a_good_candidate_goes_through_every_step_with_no_request_lost(
     host, tmp_path: Path, reference_output: float
 ) -> None:
@@ -179,7 +182,6 @@ def test_a_good_candidate_goes_through_every_step_with_no_request_lost(
     assert set(test_colours[promoted:]) == {production}
 
 
-@pytest.mark.usefixtures("restore_delivered_model")
 def test_a_candidate_with_other_answers_is_stopped_in_shadow_unseen(
     host, tmp_path: Path, new_model: tuple[Path, float], reference_output: float
 ) -> None:
@@ -197,7 +199,6 @@ def test_a_candidate_with_other_answers_is_stopped_in_shadow_unseen(
     assert all(abs(output - reference_output) <= TOLERANCE for _, output, _ in probe.answers)
 
 
-@pytest.mark.usefixtures("restore_delivered_model")
 def test_a_failing_candidate_is_rolled_back_at_the_first_canary_step(
     host, tmp_path: Path, reference_output: float
 ) -> None:
@@ -215,7 +216,6 @@ def test_a_failing_candidate_is_rolled_back_at_the_first_canary_step(
     assert 0 < summary.failed <= 0.05 * summary.requests
 
 
-@pytest.mark.usefixtures("restore_delivered_model")
 def test_a_slow_candidate_is_rolled_back_on_the_latency_gate(
     host, tmp_path: Path, reference_output: float
 ) -> None:
