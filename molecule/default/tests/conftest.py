@@ -264,15 +264,13 @@ def restore_delivered(host, reference_output: float) -> None:
     model was left on either colour."""
     initial = CONTRACT["bluegreen_initial_colour"]
     put_in_production(host, initial)
+    deploy_delivered(reference_output)
     if not answers_reference("/predict", reference_output):
-        # The initial colour serves another model: production moves to the other colour
-        # once that serves 1.0, and comes back once the initial colour does too.
-        deploy_delivered(reference_output)
+        # The initial colour serves another model: production moves to the other colour,
+        # which now serves 1.0, and comes back once the initial colour does too.
         put_in_production(host, idle_colour(initial))
         deploy_delivered(reference_output)
         put_in_production(host, initial)
-    else:
-        deploy_delivered(reference_output)
     for route in ("/predict", "/test/predict"):
         assert answers_reference(route, reference_output), route
 
