@@ -58,14 +58,19 @@ def test_names_each_failed_and_erring_test_with_its_first_line(junit: Path) -> N
     assert "fixture" in erred
 
 
-def test_prints_count_and_lines_and_skips_a_missing_file(
+def test_prints_count_and_lines_and_says_why_a_report_is_missing_or_unreadable(
     junit: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert verify_report.main([str(tmp_path / "never-written.xml"), str(junit)]) == 0
+    missing = tmp_path / "never-written.xml"
+    cut = tmp_path / "cut.xml"  # as left by a verify killed while pytest wrote it
+    cut.write_bytes(junit.read_bytes()[: junit.stat().st_size // 2])
+    assert verify_report.main([str(missing), str(cut), str(junit)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"{junit}: 2 failed verify test(s)"
-    assert len(out) == 3
-    assert all(line.startswith("  ") for line in out[1:])
+    assert out[0] == f"{missing}: no report (verify did not run or did not finish)"
+    assert out[1].startswith(f"{cut}: unreadable report (")
+    assert out[2] == f"{junit}: 2 failed verify test(s)"
+    assert len(out) == 5
+    assert all(line.startswith("  ") for line in out[3:])
 
 
 def test_a_passing_run_reports_none(tmp_path: Path) -> None:

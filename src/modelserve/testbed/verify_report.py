@@ -3,7 +3,8 @@
 After a failed `molecule test`, Molecule's destroy and its recap fill the last screen, and
 a CI log that keeps only its end loses pytest's own summary. `make molecule` prints this
 report last instead: one line per failed or erroring test, with the first line of its
-message. It prints nothing when the file is missing (verify never ran).
+message, or one line saying why there is no report (verify did not run, or was killed
+while pytest wrote it).
 """
 
 from __future__ import annotations
@@ -36,8 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for report in args.reports:
         if not report.is_file():
+            print(f"{report}: no report (verify did not run or did not finish)")
             continue
-        lines = list(failures(report))
+        try:
+            lines = list(failures(report))
+        except ET.ParseError as error:
+            print(f"{report}: unreadable report ({error})")
+            continue
         print(f"{report}: {len(lines)} failed verify test(s)")
         for line in lines:
             print(f"  {line}")
