@@ -19,6 +19,10 @@ def test_passes():
 def test_fails():
     assert 1 + 1 == 3, "the sum is off\\nsecond line"
 
+def test_fails_with_a_whole_output():
+    output = "\\nPLAY [site] ****\\nok: [vm]"
+    assert "production: blue" in output, output
+
 @pytest.fixture
 def broken():
     raise RuntimeError("fixture broke")
@@ -46,13 +50,17 @@ def junit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return report
 
 
-def test_names_each_failed_and_erring_test_with_its_first_line(junit: Path) -> None:
+def test_names_each_failed_and_erring_test_with_its_first_line_and_statement(junit: Path) -> None:
     lines = list(verify_report.failures(junit))
-    assert len(lines) == 2
-    failed = next(line for line in lines if line.startswith("FAILURE"))
-    assert "test_sample::test_fails" in failed
-    assert "the sum is off" in failed
-    assert "second line" not in failed
+    assert len(lines) == 3
+    assert (
+        "FAILURE test_sample::test_fails: AssertionError: the sum is off"
+        ' (at: assert 1 + 1 == 3, "the sum is off\\nsecond line")'
+    ) in lines
+    # A message that is a playbook's output: the failing statement says what was checked.
+    whole = next(line for line in lines if "test_fails_with_a_whole_output" in line)
+    assert whole.endswith('(at: assert "production: blue" in output, output)'), whole
+    assert "PLAY" not in whole
     erred = next(line for line in lines if line.startswith("ERROR"))
     assert "test_sample::test_errors" in erred
     assert "fixture" in erred
@@ -68,8 +76,8 @@ def test_prints_count_and_lines_and_says_why_a_report_is_missing_or_unreadable(
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{missing}: no report (verify did not run or did not finish)"
     assert out[1].startswith(f"{cut}: unreadable report (")
-    assert out[2] == f"{junit}: 2 failed verify test(s)"
-    assert len(out) == 5
+    assert out[2] == f"{junit}: 3 failed verify test(s)"
+    assert len(out) == 6
     assert all(line.startswith("  ") for line in out[3:])
 
 

@@ -3,8 +3,9 @@
 After a failed `molecule test`, Molecule's destroy and its recap fill the last screen, and
 a CI log that keeps only its end loses pytest's own summary. `make molecule` prints this
 report last instead: one line per failed or erroring test, with the first line of its
-message, or one line saying why there is no report (verify did not run, or was killed
-while pytest wrote it).
+message and the statement pytest marked as failing (a message that is a playbook's whole
+output says nothing in its first line), or one line saying why there is no report (verify
+did not run, or was killed while pytest wrote it).
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ def failures(report: Path) -> Iterator[str]:
             test = f"{case.get('classname', '')}::{case.get('name', '')}"
             message = (problem.get("message") or problem.text or "").strip()
             first_line = message.splitlines()[0][:MESSAGE_CHARS] if message else ""
-            yield f"{outcome.upper()} {test}: {first_line}"
+            where = failing_statement(problem.text or "")
+            at = f" (at: {where[:MESSAGE_CHARS]})" if where else ""
+            yield f"{outcome.upper()} {test}: {first_line}{at}"
+
+
+def failing_statement(traceback: str) -> str:
+    """The last source line pytest's traceback marks with '>': where the test failed."""
+    marked = [line[1:].strip() for line in traceback.splitlines() if line.startswith(">")]
+    return marked[-1] if marked else ""
 
 
 def main(argv: list[str] | None = None) -> int:
