@@ -207,6 +207,8 @@ def idle_colour(colour: str) -> str:
 TOLERANCE = 1e-6
 # Other weights than files/model's: a deployed model whose answers differ from the delivered one.
 NEW_WEIGHT, NEW_BIAS = [[1.0, 1.0]], [0.5]
+# The version site.yml serves files/model as (the torchserve role's default).
+DELIVERED_VERSION = "1.0"
 
 
 def deploy(model_dir: Path, version: str, expected: float, *extra: str) -> PlaybookRun:
@@ -239,9 +241,22 @@ def answers_reference(route: str, reference_output: float) -> bool:
     return response.ok and abs(response.json()["output"] - reference_output) <= TOLERANCE
 
 
+def management(host, colour: str, path: str) -> Any:
+    """A colour's management API at ``path``, asked on the host with its key."""
+    port = colour_port(colour, "management")
+    auth = f"Authorization: Bearer {torchserve_key(host, colour)}"
+    return json.loads(host.check_output(f"curl -sf -H '{auth}' http://127.0.0.1:{port}{path}"))
+
+
+def served_versions(host, colour: str) -> list[str]:
+    """The versions of the model a colour has registered."""
+    models = management(host, colour, f"/models/{CONTRACT['bluegreen_model_name']}/all")
+    return sorted(model["modelVersion"] for model in models)
+
+
 def deploy_delivered(reference_output: float) -> None:
     """files/model 1.0 to the idle colour."""
-    restored = deploy(REPO / "files/model", "1.0", reference_output)
+    restored = deploy(REPO / "files/model", DELIVERED_VERSION, reference_output)
     assert restored.returncode == 0, restored.output
 
 
@@ -260,17 +275,19 @@ def restore_delivered_model_after_module(host, reference_output: float):
 
 
 def restore_delivered(host, reference_output: float) -> None:
-    """Both colours serving files/model 1.0, the initial colour in production, whichever
-    model was left on either colour."""
+    """Both colours serving files/model 1.0 alone, the initial colour in production,
+    whichever models were left on either colour. Versions decide, not answers: a
+    candidate with the delivered weights (another model.py) answers as 1.0 does."""
     initial = CONTRACT["bluegreen_initial_colour"]
-    put_in_production(host, initial)
-    deploy_delivered(reference_output)
-    if not answers_reference("/predict", reference_output):
-        # The initial colour serves another model: production moves to the other colour,
-        # which now serves 1.0, and comes back once the initial colour does too.
-        put_in_production(host, idle_colour(initial))
+    other = idle_colour(initial)
+    if served_versions(host, initial) != [DELIVERED_VERSION]:
+        put_in_production(host, other)
         deploy_delivered(reference_output)
-        put_in_production(host, initial)
+    put_in_production(host, initial)
+    if served_versions(host, other) != [DELIVERED_VERSION]:
+        deploy_delivered(reference_output)
+    for colour in COLOURS:
+        assert served_versions(host, colour) == [DELIVERED_VERSION], colour
     for route in ("/predict", "/test/predict"):
         assert answers_reference(route, reference_output), route
 

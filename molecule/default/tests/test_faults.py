@@ -22,10 +22,10 @@ from conftest import (
     REPO,
     active_colour,
     colour_container,
-    colour_port,
     colour_server,
     colour_socket,
     idle_colour,
+    management,
     predict,
     run_playbook,
     torchserve_key,
@@ -38,12 +38,6 @@ UPSTREAMS = "/opt/modelserve/nginx/conf.d/upstreams.conf"
 FUZZ_REQUESTS = 1500
 HOSTILE_SECONDS = 15
 VALID_CONNECTIONS = 30
-
-
-def management(host, colour: str, path: str) -> object:
-    port = colour_port(colour, "management")
-    auth = f"Authorization: Bearer {torchserve_key(host, colour)}"
-    return json.loads(host.check_output(f"curl -sf -H '{auth}' http://127.0.0.1:{port}{path}"))
 
 
 def worker_pids(host, colour: str) -> list[int]:

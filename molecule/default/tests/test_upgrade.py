@@ -139,6 +139,9 @@ def test_a_host_of_the_previous_layout_upgrades_under_load(
     # the baseline's validator could not copy with nginx's config directory either.
     host.run(f"docker rm -f {' '.join(colour_container(colour) for colour in COLOURS)}")
     host.run(f"rm -rf {CONTRACT['bluegreen_inference_sockets_dir']}")
+    # With no model deployed yet, whatever earlier tests deployed: both colours load the
+    # archive site.yml builds from files/model, production's the one the upgrade rebuilds.
+    host.run(f"rm -f {MODELS_FACT_FILE}")
     # And its configuration as that layout writes it: the baseline's validator mounts
     # conf.d only, so this checkout's HTTPS server block would fail its checks. The key
     # unit is stopped first: it would write its file back (the baseline restarts it).
