@@ -18,6 +18,7 @@ from conftest import (
     REPO,
     TOLERANCE,
     deploy,
+    deploy_delivered,
     predict,
     run_playbook,
 )
@@ -119,8 +120,7 @@ def test_deploy_failing_its_smoke_test_leaves_production_alone(
         colour, output = answer("/predict")
         assert colour == "green" and abs(output - reference_output) <= TOLERANCE
     finally:
-        restored = deploy(REPO / "files/model", "1.0", reference_output)
-        assert restored.returncode == 0, restored.output
+        deploy_delivered(reference_output)
 
 
 @pytest.mark.parametrize(
