@@ -241,11 +241,12 @@ def answers_reference(route: str, reference_output: float) -> bool:
     return response.ok and abs(response.json()["output"] - reference_output) <= TOLERANCE
 
 
-def management(host, colour: str, path: str) -> Any:
+def management(host, colour: str, path: str, method: str = "GET") -> Any:
     """A colour's management API at ``path``, asked on the host with its key."""
     port = colour_port(colour, "management")
     auth = f"Authorization: Bearer {torchserve_key(host, colour)}"
-    return json.loads(host.check_output(f"curl -sf -H '{auth}' http://127.0.0.1:{port}{path}"))
+    url = f"http://127.0.0.1:{port}{path}"
+    return json.loads(host.check_output(f"curl -sf -X {method} -H '{auth}' '{url}'"))
 
 
 def served_versions(host, colour: str) -> list[str]:

@@ -17,10 +17,14 @@ from conftest import (
     REFERENCE_INPUT,
     REPO,
     TOLERANCE,
+    active_colour,
     deploy,
     deploy_delivered,
+    idle_colour,
+    management,
     predict,
     run_playbook,
+    served_versions,
 )
 
 PROMETHEUS = "http://127.0.0.1:9090"
@@ -121,6 +125,25 @@ def test_deploy_failing_its_smoke_test_leaves_production_alone(
         assert colour == "green" and abs(output - reference_output) <= TOLERANCE
     finally:
         deploy_delivered(reference_output)
+
+
+@pytest.mark.usefixtures("restore_delivered_model")
+def test_redeploying_a_default_version_beside_another_replaces_both(
+    host, new_model, reference_output: float
+) -> None:
+    # What a deploy of 2.0 killed before it made 2.0 the default leaves on the idle colour:
+    # 2.0 registered beside 1.0 from another archive (site.yml's), 1.0 the default.
+    model_dir, new_output = new_model
+    assert deploy(model_dir, "2.0", new_output).returncode == 0
+    idle = idle_colour(active_colour(host))
+    management(host, idle, "/models?url=model.mar&model_name=model&synchronous=true", "POST")
+    management(host, idle, "/models/model/1.0/set-default", "PUT")
+    assert served_versions(host, idle) == ["1.0", "2.0"]
+    result = deploy(REPO / "files/model", "1.0", reference_output)
+    assert result.returncode == 0, result.output[-3000:]
+    assert served_versions(host, idle) == ["1.0"]
+    colour, output = answer("/test/predict")
+    assert colour == idle and abs(output - reference_output) <= TOLERANCE
 
 
 @pytest.mark.parametrize(
